@@ -1,0 +1,24 @@
+"""The engine's tunables, as plain data: built from settings by the bootstrap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from nextbest.core.envelope import DEFAULT_CHANNELS
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Durations and counts of contract §5, and the limits of §3 and §6."""
+
+    channels: tuple[str, ...] = DEFAULT_CHANNELS
+    journey_window: timedelta = timedelta(minutes=30)
+    cart_abandon_after: timedelta = timedelta(minutes=15)
+    checkout_stall_after: timedelta = timedelta(minutes=10)
+    search_frustration_count: int = 3
+    search_frustration_window: timedelta = timedelta(minutes=10)
+    trigger_cooldown: timedelta = timedelta(minutes=30)
+    max_signal_age: timedelta = timedelta(minutes=10)
+    max_event_bytes: int = 65536
+    max_clock_skew: timedelta = timedelta(minutes=5)
