@@ -22,8 +22,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nextbest.core.duration import parse_duration
+from nextbest.core.envelope import DEFAULT_CHANNELS
 
-DEFAULT_CHANNELS = ("web", "mobile", "store", "contact-center", "chat", "email", "social")
 ENV_PREFIX = "NEXTBEST_"
 
 
@@ -55,6 +55,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
+    app_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")] = "nextbest"
     kafka_bootstrap: str = "localhost:9092"
     redis_url: str = "redis://localhost:6379/0"
     data_dir: Path = Path("data")

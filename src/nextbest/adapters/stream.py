@@ -1,0 +1,281 @@
+"""The Faust adapter: records in, core decisions, triggers and dead letters out.
+
+:class:`EventHandler` is the agent's body and nothing else: decode the record,
+load the customer's state, call :meth:`Engine.process`, store the new state,
+send the trigger, hand the document to the Redis mirror and count. Every
+decision is in :mod:`nextbest.core`.
+
+Records whose partition is not their customer's (keyed by something other than
+the customer id, or unkeyed) are forwarded once to ``<app id>-rekey`` on the
+customer's partition, so every customer's state lives on one partition of the
+``contexts`` table whatever the producers do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from aiokafka.partitioner import murmur2
+
+from nextbest.adapters.projection import RedisMirror
+from nextbest.core import state as states
+from nextbest.core import triggers as trigger_codec
+from nextbest.core.engine import Engine
+from nextbest.core.envelope import Reason, Rejected, parse
+from nextbest.core.triggers import Trigger
+from nextbest.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+DEADLETTER_TOPIC = "events.deadletter"
+CHANNEL_HEADER = "nextbest.channel"
+ORIGIN_HEADERS = ("nextbest.origin.topic", "nextbest.origin.partition", "nextbest.origin.offset")
+
+Clock = Callable[[], datetime]
+
+
+def event_topic(channel: str) -> str:
+    return f"events.{channel}"
+
+
+def trigger_topic(channel: str) -> str:
+    return f"triggers.{channel}"
+
+
+def rekey_topic(app_id: str) -> str:
+    return f"{app_id}-rekey"
+
+
+def partition_for(customer_id: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a record keyed by ``customer_id``."""
+    return int(murmur2(customer_id) & 0x7FFFFFFF) % partitions
+
+
+class Message(Protocol):
+    """What the handler reads of a Faust message."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+
+
+class Sender(Protocol):
+    """A Faust topic, as far as the handler sends to it."""
+
+    async def send(
+        self,
+        *,
+        key: bytes | None = ...,
+        value: bytes | None = ...,
+        partition: int | None = ...,
+        timestamp: float | None = ...,
+        headers: Any = ...,
+        callback: Any = ...,
+    ) -> Any: ...
+
+
+class Store(Protocol):
+    """The ``contexts`` table: customer id (bytes) to encoded state."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def __setitem__(self, key: bytes, value: bytes) -> None: ...
+
+
+def _headers(message: Message) -> list[tuple[str, bytes]]:
+    headers = message.headers or ()
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(k), bytes(v) if v is not None else b"") for k, v in items]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a record first came from: its channel and its place on ``events.<channel>``."""
+
+    channel: str
+    topic: str
+    partition: int
+    offset: int
+
+    @classmethod
+    def of(
+        cls, message: Message, headers: Iterable[tuple[str, bytes]], rekey_topic: str
+    ) -> Origin | None:
+        if message.topic != rekey_topic:
+            channel = message.topic.removeprefix("events.")
+            return cls(channel, message.topic, message.partition, message.offset)
+        found = dict(headers)
+        try:
+            return cls(
+                found[CHANNEL_HEADER].decode(),
+                found[ORIGIN_HEADERS[0]].decode(),
+                int(found[ORIGIN_HEADERS[1]]),
+                int(found[ORIGIN_HEADERS[2]]),
+            )
+        except (KeyError, ValueError, UnicodeDecodeError):
+            return None
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            (CHANNEL_HEADER, self.channel.encode()),
+            (ORIGIN_HEADERS[0], self.topic.encode()),
+            (ORIGIN_HEADERS[1], str(self.partition).encode()),
+            (ORIGIN_HEADERS[2], str(self.offset).encode()),
+        ]
+
+
+class EventHandler:
+    """One record at a time: the body of the worker's agent."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        table: Store,
+        triggers: Mapping[str, Sender],
+        deadletter: Sender,
+        rekey: Sender,
+        rekey_topic: str,
+        mirror: RedisMirror,
+        metrics: Metrics,
+        partitions: int,
+        clock: Clock,
+    ) -> None:
+        self._engine = engine
+        self._table = table
+        self._triggers = triggers
+        self._deadletter = deadletter
+        self._rekey = rekey
+        self._rekey_topic = rekey_topic
+        self._mirror = mirror
+        self._metrics = metrics
+        self._partitions = partitions
+        self._clock = clock
+
+    async def handle(self, message: Message) -> None:
+        """Process one record; never raises for anything a producer can send."""
+        headers = _headers(message)
+        origin = Origin.of(message, headers, self._rekey_topic)
+        if origin is None:
+            log.error(
+                "dropping a rekeyed record without origin headers at offset %d", message.offset
+            )
+            return
+        try:
+            await self._handle(message, headers, origin)
+        except Rejected as rejection:
+            await self.dead_letter(message, headers, origin, rejection.reason, rejection.message)
+        except Exception as error:  # an escaping exception would silently kill the agent
+            log.exception(
+                "internal error on %s[%d]@%d", origin.topic, origin.partition, origin.offset
+            )
+            await self.dead_letter(
+                message, headers, origin, Reason.INTERNAL, f"{type(error).__name__}: {error}"
+            )
+
+    async def _handle(
+        self, message: Message, headers: list[tuple[str, bytes]], origin: Origin
+    ) -> None:
+        config = self._engine.config
+        now = self._clock()
+        event = parse(
+            message.value,
+            headers,
+            origin.channel,
+            now=now,
+            max_bytes=config.max_event_bytes,
+            max_clock_skew=config.max_clock_skew,
+        )
+        key = event.subject.encode()
+        home = partition_for(key, self._partitions)
+        if message.partition != home and message.topic != self._rekey_topic:
+            await self._forward(message, headers, origin, key, home)
+            return
+        self._metrics.events.labels(origin.channel).inc()
+        raw = self._table.get(key)
+        outcome = self._engine.process(None if raw is None else states.decode(raw), event, now)
+        if not outcome.applied:
+            self._metrics.duplicates.labels(origin.channel).inc()
+            return
+        self._table[key] = states.encode(outcome.state)
+        for action, reason in outcome.suppressed:
+            self._metrics.suppressed.labels(action, reason.value).inc()
+        if outcome.trigger is not None and outcome.snapshot is not None:
+            snapshot = states.encode_document(outcome.snapshot)
+            await self._send_trigger(outcome.trigger, snapshot, message.timestamp)
+        context = outcome.state.context
+        self._mirror.submit(event.subject, context.version, states.encode_document(context))
+
+    async def _send_trigger(self, trigger: Trigger, document: bytes, since: float) -> None:
+        """Send without waiting for the ack; the ack's callback measures the latency."""
+        metrics = self._metrics
+
+        def acked(_: object) -> None:
+            metrics.triggers.labels(trigger.action, trigger.channel).inc()
+            metrics.trigger_latency.observe(max(0.0, time.time() - since))
+
+        await self._triggers[trigger.channel].send(
+            key=trigger.subject.encode(),
+            value=trigger_codec.encode(trigger, document),
+            headers=[("content-type", trigger_codec.CONTENT_TYPE)],
+            callback=acked,
+        )
+
+    async def _forward(
+        self,
+        message: Message,
+        headers: list[tuple[str, bytes]],
+        origin: Origin,
+        key: bytes,
+        partition: int,
+    ) -> None:
+        self._metrics.rekeyed.labels(origin.channel).inc()
+        await self._rekey.send(
+            key=key,
+            value=message.value,
+            partition=partition,
+            timestamp=message.timestamp,
+            headers=[*headers, *origin.headers()],
+        )
+
+    async def dead_letter(
+        self,
+        message: Message,
+        headers: list[tuple[str, bytes]],
+        origin: Origin,
+        reason: Reason,
+        text: str,
+    ) -> None:
+        """Write the record's original bytes to ``events.deadletter`` with the reason headers."""
+        self._metrics.rejected.labels(origin.channel, reason.value).inc()
+        own = {CHANNEL_HEADER, *ORIGIN_HEADERS}
+        try:
+            await self._deadletter.send(
+                key=message.key,
+                value=message.value,
+                headers=[
+                    *((k, v) for k, v in headers if k not in own),
+                    ("nextbest.error.reason", reason.value.encode()),
+                    ("nextbest.error.message", text.encode("utf-8", "replace")[:1024]),
+                    ("nextbest.error.topic", origin.topic.encode()),
+                    ("nextbest.error.partition", str(origin.partition).encode()),
+                    ("nextbest.error.offset", str(origin.offset).encode()),
+                ],
+            )
+        except Exception:
+            log.exception(
+                "could not dead-letter %s[%d]@%d (%s)",
+                origin.topic,
+                origin.partition,
+                origin.offset,
+                reason.value,
+            )

@@ -1,0 +1,309 @@
+"""The one place that wires nextbest together from :class:`~nextbest.settings.Settings`.
+
+``build_worker`` makes the Faust app, its topics and table, the Redis mirror and
+the metrics, and binds the core's :class:`~nextbest.core.engine.Engine` into the
+agent. Nothing here runs on import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import sys
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import faust
+import mode
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    disable_created_metrics,
+    generate_latest,
+)
+from redis.asyncio import Redis
+
+from nextbest.adapters.projection import RedisMirror
+from nextbest.adapters.stream import (
+    DEADLETTER_TOPIC,
+    EventHandler,
+    event_topic,
+    rekey_topic,
+    trigger_topic,
+)
+from nextbest.core.config import EngineConfig
+from nextbest.core.engine import Engine
+from nextbest.core.rules import RulesError, RuleSet, load_rules
+from nextbest.metrics import Metrics
+from nextbest.settings import Settings
+
+TABLE = "contexts"
+BLOCK_CACHE_BYTES = 32 * 1024 * 1024  # per partition; faust's default is 2 GiB
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """Something outside the process stops start-up; one line says what."""
+
+
+def load_ruleset(settings: Settings) -> RuleSet:
+    if settings.rules is None:
+        text = resources.files("nextbest").joinpath("default_rules.toml").read_text("utf-8")
+        return load_rules(text, channels=settings.channels, source="default_rules.toml")
+    text = settings.rules.read_text("utf-8")
+    return load_rules(text, channels=settings.channels, source=str(settings.rules))
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        channels=settings.channels,
+        journey_window=settings.journey_window,
+        cart_abandon_after=settings.cart_abandon_after,
+        checkout_stall_after=settings.checkout_stall_after,
+        search_frustration_count=settings.search_frustration_count,
+        search_frustration_window=settings.search_frustration_window,
+        trigger_cooldown=settings.trigger_cooldown,
+        max_signal_age=settings.max_signal_age,
+        max_event_bytes=settings.max_event_bytes,
+    )
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+    )
+    if settings.kafka_ssl_certfile is not None:
+        context.load_cert_chain(
+            str(settings.kafka_ssl_certfile),
+            str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+    return context
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """Security options for aiokafka clients."""
+    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    context = _ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        options["sasl_plain_password"] = password.get_secret_value() if password else None
+    return options
+
+
+def _faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    context = _ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value() if password else None,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context) if context is not None else None
+
+
+def redis_client(settings: Settings) -> Redis:
+    options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+    if settings.redis_ssl_ca_certs is not None:
+        options["ssl_ca_certs"] = str(settings.redis_ssl_ca_certs)
+    client: Redis = Redis.from_url(settings.redis_url, **options)
+    return client
+
+
+def topic_names(settings: Settings) -> list[str]:
+    names = [event_topic(c) for c in settings.channels]
+    names += [trigger_topic(c) for c in settings.channels]
+    return [*names, DEADLETTER_TOPIC, rekey_topic(settings.app_id)]
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the contract's topics that are missing; refuse mismatched partition counts."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=10_000,
+        **kafka_client_options(settings),
+    )
+    try:
+        await admin.start()
+    except KafkaError as error:
+        await admin.close()
+        raise StartupError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(error).__name__})"
+        ) from None
+    try:
+        wanted = topic_names(settings)
+        existing = set(await admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            with suppress(TopicAlreadyExistsError):  # another worker was quicker
+                await admin.create_topics(
+                    [NewTopic(name, settings.topic_partitions, 1) for name in missing]
+                )
+            log.info("created %d missing topics", len(missing))
+        co_partitioned = [n for n in wanted if not n.startswith("triggers.")]
+        for description in await admin.describe_topics(co_partitioned):
+            count = len(description.get("partitions", ()))
+            if description.get("error_code", 0) == 0 and count != settings.topic_partitions:
+                raise StartupError(
+                    f"topic {description['topic']} has {count} partitions but "
+                    f"NEXTBEST_TOPIC_PARTITIONS is {settings.topic_partitions}"
+                )
+    finally:
+        await admin.close()
+
+
+@dataclass
+class Worker:
+    app: faust.App
+    metrics: Metrics
+    mirror: RedisMirror
+    handler: EventHandler
+
+
+def _clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_worker(settings: Settings) -> Worker:
+    """Wire the worker: raises :class:`RulesError` for a bad rules file."""
+    rules = load_ruleset(settings)
+    engine = Engine(engine_config(settings), rules)
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: scrape noise
+    metrics = Metrics(CollectorRegistry())
+    metrics.declare(settings.channels, rules.actions)
+    partitions = settings.topic_partitions
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_faust_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        topic_disable_leader=True,
+        processing_guarantee=settings.processing_guarantee,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        stream_wait_empty=False,
+        web_port=settings.worker_port,
+        web_host="0.0.0.0",  # noqa: S104 - scraped by Prometheus from other hosts
+    )
+    rekey = rekey_topic(settings.app_id)
+    source = _raw_topic(app, *[event_topic(c) for c in settings.channels], rekey)
+    table = app.Table(
+        TABLE,
+        default=None,
+        partitions=partitions,
+        key_type=bytes,  # bytes in and out: the core encodes its own state
+        value_type=bytes,
+        options={"block_cache_size": BLOCK_CACHE_BYTES},
+    )
+    mirror = RedisMirror(redis_client(settings), metrics, ttl=settings.context_ttl)
+    handler = EventHandler(
+        engine=engine,
+        table=table,
+        triggers={c: _raw_topic(app, trigger_topic(c)) for c in settings.channels},
+        deadletter=_raw_topic(app, DEADLETTER_TOPIC),
+        rekey=_raw_topic(app, rekey),
+        rekey_topic=rekey,
+        mirror=mirror,
+        metrics=metrics,
+        partitions=partitions,
+        clock=_clock,
+    )
+
+    async def process(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await handler.handle(event.message)  # handle() catches everything it can
+
+    app.agent(source, name="nextbest.events")(process)
+    app.service(_mirror_service(mirror))
+    _add_pages(app, metrics)
+    app.timer(5.0, name="nextbest.consumer_lag")(_lag_updater(app, metrics))
+    return Worker(app, metrics, mirror, handler)
+
+
+def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
+    """A topic of bytes: the adapter decodes and encodes values itself."""
+    return app.topic(*names, key_serializer="raw", value_serializer="raw")
+
+
+def _mirror_service(mirror: RedisMirror) -> type[mode.Service]:
+    class MirrorService(mode.Service):
+        """Runs the Redis mirror beside the agents; drains it on shutdown."""
+
+        @mode.Service.task
+        async def _write(self) -> None:
+            await mirror.run()
+
+        async def on_stop(self) -> None:
+            if not await mirror.drained(within=5.0):
+                log.warning("stopping with %d context(s) not yet in Redis", mirror.pending)
+
+    return MirrorService
+
+
+def _add_pages(app: faust.App, metrics: Metrics) -> None:
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(
+            generate_latest(metrics.registry),
+            content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4",
+        )
+
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    async def readyz(web: Any, request: Any) -> Any:
+        recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        assigned = bool(app.consumer.assignment()) if app.consumer else False
+        ready = recovered and assigned and not app.rebalancing
+        body = {"ready": ready, "recovered": recovered, "assigned": assigned}
+        return web.json(body, status=200 if ready else 503)
+
+    app.page("/metrics")(metrics_page)
+    app.page("/healthz")(healthz)
+    app.page("/readyz")(readyz)
+
+
+def _lag_updater(app: faust.App, metrics: Metrics) -> Any:
+    async def update_lag() -> None:
+        committed = app.monitor.tp_committed_offsets
+        for tp in app.consumer.assignment():
+            end = app.consumer.highwater(tp)
+            done = committed.get(tp, 0)
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
+
+    return update_lag
+
+
+def run_worker(settings: Settings) -> int:
+    """Run the worker in the foreground until SIGINT/SIGTERM."""
+    try:
+        worker = build_worker(settings)
+    except (RulesError, OSError) as error:
+        print(f"nextbest: {error}", file=sys.stderr)
+        return 2
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(ensure_topics(settings))
+    except StartupError as error:
+        print(f"nextbest: {error}", file=sys.stderr)
+        return 1
+    faust.Worker(
+        worker.app, loop=loop, loglevel=settings.log_level.lower()
+    ).execute_from_commandline()
+    return 0

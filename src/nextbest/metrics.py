@@ -1,0 +1,96 @@
+"""The Prometheus metrics of contract §8, in a registry the caller owns.
+
+Labels carry only bounded values (channels, actions, reason codes): never a
+customer id or any other personal value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from nextbest.core.envelope import Reason
+from nextbest.core.rules import Suppression
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """Every metric the worker exports, bound to ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events = Counter(
+            "nextbest_events", "Valid events received, by channel.", ["channel"], registry=registry
+        )
+        self.duplicates = Counter(
+            "nextbest_events_duplicate",
+            "Events ignored because their id was among the customer's last 100.",
+            ["channel"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "nextbest_events_rejected",
+            "Records written to events.deadletter, by channel and reason.",
+            ["channel", "reason"],
+            registry=registry,
+        )
+        self.rekeyed = Counter(
+            "nextbest_events_rekeyed",
+            "Events not keyed by their customer id, forwarded to the customer's partition.",
+            ["channel"],
+            registry=registry,
+        )
+        self.triggers = Counter(
+            "nextbest_triggers",
+            "Triggers emitted, by action and target channel.",
+            ["action", "channel"],
+            registry=registry,
+        )
+        self.suppressed = Counter(
+            "nextbest_triggers_suppressed",
+            "Matching rules that emitted nothing, by action and reason.",
+            ["action", "reason"],
+            registry=registry,
+        )
+        self.trigger_latency = Histogram(
+            "nextbest_trigger_latency_seconds",
+            "Kafka timestamp of the causing record (or the deadline) to the trigger's ack.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "nextbest_redis_errors", "Failed Redis mirror writes (retried).", registry=registry
+        )
+        self.mirror_lag = Histogram(
+            "nextbest_context_mirror_lag_seconds",
+            "Context change applied to Redis write acknowledged.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.mirror_pending = Gauge(
+            "nextbest_context_mirror_pending",
+            "Context documents waiting to be written to Redis.",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "nextbest_consumer_lag",
+            "Records between the committed offset and the end of each assigned partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+
+    def declare(self, channels: Iterable[str], actions: Iterable[str]) -> None:
+        """Create every known label set at zero, so rates and alerts see them from the start."""
+        actions = tuple(actions)
+        for channel in channels:
+            self.events.labels(channel)
+            self.duplicates.labels(channel)
+            for reason in Reason:
+                self.rejected.labels(channel, reason.value)
+        for action in actions:
+            for suppression in Suppression:
+                self.suppressed.labels(action, suppression.value)
