@@ -182,8 +182,9 @@ class Channels:
         *,
         key: bytes | str | None = None,
         headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        await self._producer.send_and_wait(
+    ) -> Any:
+        """Send one record and wait for its ack; returns the RecordMetadata."""
+        return await self._producer.send_and_wait(
             f"events.{channel}",
             value,
             key=key.encode() if isinstance(key, str) else key,
