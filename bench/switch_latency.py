@@ -23,7 +23,6 @@ import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
-
 from tests.integration.harness import Channels, WorkerProcess, cloudevent
 
 
