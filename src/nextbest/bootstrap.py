@@ -11,6 +11,7 @@ import asyncio
 import logging
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,16 +36,20 @@ from nextbest.adapters.stream import (
     EventHandler,
     event_topic,
     rekey_topic,
+    tick_topic,
     trigger_topic,
 )
 from nextbest.core.config import EngineConfig
 from nextbest.core.engine import Engine
 from nextbest.core.rules import RulesError, RuleSet, load_rules
+from nextbest.core.schedule import DueIndex
 from nextbest.metrics import Metrics
 from nextbest.settings import Settings
 
 TABLE = "contexts"
 BLOCK_CACHE_BYTES = 32 * 1024 * 1024  # per partition; faust's default is 2 GiB
+TICK_INTERVAL = 0.25  # seconds between timer ticks per partition: deadlines fire within 1 s
+TICK_RETENTION_MS = 3_600_000  # ticks are worthless once handled
 log = logging.getLogger(__name__)
 
 
@@ -126,7 +131,7 @@ def redis_client(settings: Settings) -> Redis:
 def topic_names(settings: Settings) -> list[str]:
     names = [event_topic(c) for c in settings.channels]
     names += [trigger_topic(c) for c in settings.channels]
-    return [*names, DEADLETTER_TOPIC, rekey_topic(settings.app_id)]
+    return [*names, DEADLETTER_TOPIC, rekey_topic(settings.app_id), tick_topic(settings.app_id)]
 
 
 async def ensure_topics(settings: Settings) -> None:
@@ -150,7 +155,15 @@ async def ensure_topics(settings: Settings) -> None:
         if missing:
             with suppress(TopicAlreadyExistsError):  # another worker was quicker
                 await admin.create_topics(
-                    [NewTopic(name, settings.topic_partitions, 1) for name in missing]
+                    [
+                        NewTopic(
+                            name,
+                            settings.topic_partitions,
+                            1,
+                            topic_configs=_topic_configs(name, settings.app_id),
+                        )
+                        for name in missing
+                    ]
                 )
             log.info("created %d missing topics", len(missing))
         co_partitioned = [n for n in wanted if not n.startswith("triggers.")]
@@ -163,6 +176,12 @@ async def ensure_topics(settings: Settings) -> None:
                 )
     finally:
         await admin.close()
+
+
+def _topic_configs(name: str, app_id: str) -> dict[str, str]:
+    if name == tick_topic(app_id):
+        return {"retention.ms": str(TICK_RETENTION_MS), "segment.ms": str(TICK_RETENTION_MS)}
+    return {}
 
 
 @dataclass
@@ -196,13 +215,16 @@ def build_worker(settings: Settings) -> Worker:
         topic_disable_leader=True,
         processing_guarantee=settings.processing_guarantee,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.kafka_session_timeout.total_seconds(),
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout.total_seconds() / 3),
         table_standby_replicas=0,
         stream_wait_empty=False,
         web_port=settings.worker_port,
         web_host="0.0.0.0",  # noqa: S104 - scraped by Prometheus from other hosts
     )
     rekey = rekey_topic(settings.app_id)
-    source = _raw_topic(app, *[event_topic(c) for c in settings.channels], rekey)
+    ticks = tick_topic(settings.app_id)
+    source = _raw_topic(app, *[event_topic(c) for c in settings.channels], rekey, ticks)
     table = app.Table(
         TABLE,
         default=None,
@@ -219,6 +241,8 @@ def build_worker(settings: Settings) -> Worker:
         deadletter=_raw_topic(app, DEADLETTER_TOPIC),
         rekey=_raw_topic(app, rekey),
         rekey_topic=rekey,
+        tick_topic=ticks,
+        index=DueIndex(),
         mirror=mirror,
         metrics=metrics,
         partitions=partitions,
@@ -230,9 +254,30 @@ def build_worker(settings: Settings) -> Worker:
             await handler.handle(event.message)  # handle() catches everything it can
 
     app.agent(source, name="nextbest.events")(process)
+
+    def owned_partitions() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == ticks}
+
+    async def rebuild_index() -> None:
+        try:
+            handler.rebuild_index(owned_partitions())
+        except Exception:  # deadlines then fire once events touch them again
+            log.exception("could not rebuild the deadline index")
+
+    table.on_recover(rebuild_index)
+    tick_sender = _raw_topic(app, ticks)
+
+    async def send_ticks() -> None:
+        owned = owned_partitions()
+        handler.retain(owned)
+        for partition in sorted(owned):
+            await tick_sender.send(value=b"", partition=partition)
+
+    app.timer(TICK_INTERVAL, name="nextbest.ticks")(_guarded("timer ticks", send_ticks))
     app.service(_mirror_service(mirror))
     _add_pages(app, metrics)
-    app.timer(5.0, name="nextbest.consumer_lag")(_lag_updater(app, metrics))
+    lag = _lag_updater(app, metrics, owned_partitions)
+    app.timer(1.0, name="nextbest.consumer_lag")(_guarded("consumer lag", lag))
     return Worker(app, metrics, mirror, handler)
 
 
@@ -278,15 +323,33 @@ def _add_pages(app: faust.App, metrics: Metrics) -> None:
     app.page("/readyz")(readyz)
 
 
-def _lag_updater(app: faust.App, metrics: Metrics) -> Any:
+def _lag_updater(
+    app: faust.App, metrics: Metrics, partitions: Callable[[], set[int]]
+) -> Callable[[], Awaitable[None]]:
     async def update_lag() -> None:
         committed = app.monitor.tp_committed_offsets
+        metrics.consumer_lag.clear()  # partitions move: report only the ones owned now
         for tp in app.consumer.assignment():
             end = app.consumer.highwater(tp)
+            if end is None:  # not fetched yet after an assignment
+                continue
             done = committed.get(tp, 0)
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
+        metrics.partitions.set(len(partitions()))
 
     return update_lag
+
+
+def _guarded(name: str, work: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """An exception escaping a faust timer crashes the whole app: log it instead."""
+
+    async def run() -> None:
+        try:
+            await work()
+        except Exception:
+            log.exception("%s failed; trying again at its next interval", name)
+
+    return run
 
 
 def run_worker(settings: Settings) -> int:

@@ -76,6 +76,16 @@ class Metrics:
             "Context documents waiting to be written to Redis.",
             registry=registry,
         )
+        self.timers_pending = Gauge(
+            "nextbest_timers_pending",
+            "Customers with an absence deadline pending on this worker.",
+            registry=registry,
+        )
+        self.partitions = Gauge(
+            "nextbest_partitions_assigned",
+            "Customer partitions this worker owns now.",
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "nextbest_consumer_lag",
             "Records between the committed offset and the end of each assigned partition.",

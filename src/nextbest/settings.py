@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     api_tokens: Csv = ()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # How long the group waits for a worker that stopped answering before its
+    # partitions (and their deadlines) move to the others.
+    kafka_session_timeout: Duration = timedelta(seconds=60)
+
     # Kafka security (contract §9): passed to faust and aiokafka as they are.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
@@ -110,6 +114,7 @@ class Settings(BaseSettings):
         "trigger_cooldown",
         "max_signal_age",
         "context_ttl",
+        "kafka_session_timeout",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

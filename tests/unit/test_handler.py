@@ -19,12 +19,14 @@ from nextbest.core.config import EngineConfig
 from nextbest.core.engine import Engine
 from nextbest.core.envelope import DEFAULT_CHANNELS
 from nextbest.core.rules import load_rules
+from nextbest.core.schedule import DueIndex
 from nextbest.core.state import decode
 from nextbest.metrics import Metrics
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 PARTITIONS = 8
 REKEY = "nextbest-rekey"
+TICKS = "nextbest-ticks"
 
 
 @dataclass
@@ -87,6 +89,8 @@ def harness(table: FakeTable | None = None, deadletter: FakeTopic | None = None)
         deadletter=deadletter,
         rekey=rekey,
         rekey_topic=REKEY,
+        tick_topic=TICKS,
+        index=DueIndex(),
         mirror=mirror,
         metrics=metrics,
         partitions=PARTITIONS,

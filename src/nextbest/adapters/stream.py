@@ -9,6 +9,13 @@ Records whose partition is not their customer's (keyed by something other than
 the customer id, or unkeyed) are forwarded once to ``<app id>-rekey`` on the
 customer's partition, so every customer's state lives on one partition of the
 ``contexts`` table whatever the producers do.
+
+Absence timers ride the same stream: each worker sends a tick to
+``<app id>-ticks`` for every partition it owns a few times a second, and the
+tick, handled in that partition's order like any event, fires the deadlines the
+:class:`~nextbest.core.schedule.DueIndex` says are due. So timer state changes
+are ordinary table writes with a changelog, never concurrent with the
+customer's events.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from aiokafka.partitioner import murmur2
 from nextbest.adapters.projection import RedisMirror
 from nextbest.core import state as states
 from nextbest.core import triggers as trigger_codec
-from nextbest.core.engine import Engine
+from nextbest.core.engine import Engine, Outcome
 from nextbest.core.envelope import Reason, Rejected, parse
+from nextbest.core.schedule import DueIndex
 from nextbest.core.triggers import Trigger
 from nextbest.metrics import Metrics
 
@@ -49,6 +57,10 @@ def trigger_topic(channel: str) -> str:
 
 def rekey_topic(app_id: str) -> str:
     return f"{app_id}-rekey"
+
+
+def tick_topic(app_id: str) -> str:
+    return f"{app_id}-ticks"
 
 
 def partition_for(customer_id: bytes, partitions: int) -> int:
@@ -89,6 +101,8 @@ class Store(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
 
     def __setitem__(self, key: bytes, value: bytes) -> None: ...
+
+    def items(self) -> Iterable[tuple[bytes, bytes]]: ...
 
 
 def _headers(message: Message) -> list[tuple[str, bytes]]:
@@ -145,6 +159,8 @@ class EventHandler:
         deadletter: Sender,
         rekey: Sender,
         rekey_topic: str,
+        tick_topic: str,
+        index: DueIndex,
         mirror: RedisMirror,
         metrics: Metrics,
         partitions: int,
@@ -156,6 +172,8 @@ class EventHandler:
         self._deadletter = deadletter
         self._rekey = rekey
         self._rekey_topic = rekey_topic
+        self._tick_topic = tick_topic
+        self._index = index
         self._mirror = mirror
         self._metrics = metrics
         self._partitions = partitions
@@ -163,6 +181,12 @@ class EventHandler:
 
     async def handle(self, message: Message) -> None:
         """Process one record; never raises for anything a producer can send."""
+        if message.topic == self._tick_topic:
+            try:
+                await self.tick(message.partition)
+            except Exception:  # a failed tick is retried by the next one
+                log.exception("timer tick failed on partition %d", message.partition)
+            return
         headers = _headers(message)
         origin = Origin.of(message, headers, self._rekey_topic)
         if origin is None:
@@ -207,13 +231,58 @@ class EventHandler:
             self._metrics.duplicates.labels(origin.channel).inc()
             return
         self._table[key] = states.encode(outcome.state)
+        self._index.schedule(message.partition, key, self._engine.next_wakeup(outcome.state))
+        await self._emit(outcome, message.timestamp)
+        context = outcome.state.context
+        self._mirror.submit(event.subject, context.version, states.encode_document(context))
+
+    def retain(self, partitions: Iterable[int]) -> None:
+        """Forget the deadlines of partitions this worker no longer owns."""
+        self._index.retain(partitions)
+        self._metrics.timers_pending.set(len(self._index))
+
+    async def tick(self, partition: int) -> None:
+        """Fire the deadlines of ``partition`` that are due on the engine's clock."""
+        now = self._clock()
+        for key in self._index.pop_due(partition, now):
+            raw = self._table.get(key)
+            if raw is None:
+                continue
+            state = states.decode(raw)
+            fired = False
+            while (outcome := self._engine.expire(state, now)) is not None:
+                state, fired = outcome.state, True
+                if outcome.trigger is not None:
+                    await self._emit(outcome, outcome.trigger.moment.timestamp())
+                    context = state.context
+                    self._mirror.submit(
+                        context.customer_id, context.version, states.encode_document(context)
+                    )
+            if fired:
+                self._table[key] = states.encode(state)
+            self._index.schedule(partition, key, self._engine.next_wakeup(state))
+        self._metrics.timers_pending.set(len(self._index))
+
+    def rebuild_index(self, partitions: Iterable[int]) -> None:
+        """Re-read the table after an assignment: every pending deadline of ``partitions``."""
+        owned = set(partitions)
+        entries = []
+        for key, raw in self._table.items():
+            partition = partition_for(key, self._partitions)
+            if partition in owned:
+                due = self._engine.next_wakeup(states.decode(raw))
+                if due is not None:
+                    entries.append((partition, key, due))
+        self._index.replace(owned, entries)
+        self._metrics.timers_pending.set(len(self._index))
+
+    async def _emit(self, outcome: Outcome, since: float) -> None:
+        """Count the suppressions; send the trigger, if any."""
         for action, reason in outcome.suppressed:
             self._metrics.suppressed.labels(action, reason.value).inc()
         if outcome.trigger is not None and outcome.snapshot is not None:
             snapshot = states.encode_document(outcome.snapshot)
-            await self._send_trigger(outcome.trigger, snapshot, message.timestamp)
-        context = outcome.state.context
-        self._mirror.submit(event.subject, context.version, states.encode_document(context))
+            await self._send_trigger(outcome.trigger, snapshot, since)
 
     async def _send_trigger(self, trigger: Trigger, document: bytes, since: float) -> None:
         """Send without waiting for the ack; the ack's callback measures the latency."""

@@ -1,7 +1,8 @@
-"""One event through the whole core: dedupe, apply, detect, decide, build.
+"""One event (or one deadline) through the whole core: dedupe, apply, detect, decide, build.
 
-:class:`Engine` binds the configuration and the rules; :meth:`Engine.process`
-is the only call the stream adapter makes per event.
+:class:`Engine` binds the configuration and the rules. The stream adapter calls
+:meth:`Engine.process` per event, :meth:`Engine.expire` when a customer's
+:meth:`Engine.next_wakeup` has come.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from nextbest.core.envelope import Event
 from nextbest.core.rules import RuleSet, Suppression, decide
 from nextbest.core.signals import Signal, detect
 from nextbest.core.state import CustomerState, apply, is_duplicate, record_trigger
+from nextbest.core.timers import expire, next_wakeup
 from nextbest.core.triggers import Trigger, build
 
 
@@ -58,8 +60,33 @@ class Engine:
             journey_window=config.journey_window,
             search_count=config.search_frustration_count,
         )
+        return self._decide(after, signals, now)
+
+    def next_wakeup(self, state: CustomerState) -> datetime | None:
+        """When ``state`` has a deadline pending, the earliest one; else None."""
+        return next_wakeup(
+            state,
+            cart_abandon_after=self.config.cart_abandon_after,
+            checkout_stall_after=self.config.checkout_stall_after,
+        )
+
+    def expire(self, state: CustomerState, now: datetime) -> Outcome | None:
+        """Fire the earliest deadline due at ``now``; None when nothing is due."""
+        fired = expire(
+            state,
+            now,
+            cart_abandon_after=self.config.cart_abandon_after,
+            checkout_stall_after=self.config.checkout_stall_after,
+        )
+        if fired is None:
+            return None
+        after, signal = fired
+        return self._decide(after, (signal,), now)
+
+    def _decide(self, after: CustomerState, signals: tuple[Signal, ...], now: datetime) -> Outcome:
         if not signals:
             return Outcome(after, applied=True)
+        config = self.config
         decision = decide(
             self.rules,
             after,

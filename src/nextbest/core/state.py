@@ -43,7 +43,8 @@ class CustomerState:
     ``seen_ids`` are the newest event ids (duplicates are ignored);
     ``zero_searches`` the times of recent zero-result searches;
     ``product_viewed_at`` the newest product view; ``last_fired`` when each action
-    was last triggered (the cooldown).
+    was last triggered (the cooldown); ``fired`` the deadline each timer signal
+    last fired for (see :mod:`nextbest.core.timers`).
     """
 
     context: Context
@@ -51,6 +52,7 @@ class CustomerState:
     zero_searches: tuple[datetime, ...] = ()
     product_viewed_at: datetime | None = None
     last_fired: Mapping[str, datetime] = field(default_factory=dict)
+    fired: Mapping[str, datetime] = field(default_factory=dict)
 
     @classmethod
     def new(cls, customer_id: str) -> CustomerState:
@@ -172,7 +174,9 @@ def apply(
 def record_trigger(state: CustomerState, record: TriggerRecord) -> CustomerState:
     """Remember an emitted trigger: in ``last_triggers`` and for its action's cooldown."""
     context = replace(
-        state.context, last_triggers=(*state.context.last_triggers, record)[-TRIGGERS_KEPT:]
+        state.context,
+        updated_at=record.at,
+        last_triggers=(*state.context.last_triggers, record)[-TRIGGERS_KEPT:],
     )
     return replace(
         state, context=context, last_fired={**state.last_fired, record.action: record.at}
@@ -192,6 +196,7 @@ def encode(state: CustomerState) -> bytes:
             "zero_searches": state.zero_searches,
             "product_viewed_at": state.product_viewed_at,
             "last_fired": state.last_fired,
+            "fired": state.fired,
         },
         option=_JSON,
     )
@@ -210,5 +215,10 @@ def decode(raw: bytes) -> CustomerState:
         seen_ids=tuple(stored["seen_ids"]),
         zero_searches=tuple(datetime.fromisoformat(t) for t in stored["zero_searches"]),
         product_viewed_at=None if viewed is None else datetime.fromisoformat(viewed),
-        last_fired={k: datetime.fromisoformat(v) for k, v in stored["last_fired"].items()},
+        last_fired=_times(stored["last_fired"]),
+        fired=_times(stored.get("fired", {})),
     )
+
+
+def _times(stored: Mapping[str, str]) -> dict[str, datetime]:
+    return {key: datetime.fromisoformat(value) for key, value in stored.items()}
