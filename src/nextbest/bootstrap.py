@@ -128,14 +128,31 @@ def redis_client(settings: Settings) -> Redis:
     return client
 
 
+def changelog_topic(app_id: str) -> str:
+    """Faust's name for the table's changelog, created here first (see ensure_topics)."""
+    return f"{app_id}-{TABLE}-changelog"
+
+
 def topic_names(settings: Settings) -> list[str]:
     names = [event_topic(c) for c in settings.channels]
     names += [trigger_topic(c) for c in settings.channels]
-    return [*names, DEADLETTER_TOPIC, rekey_topic(settings.app_id), tick_topic(settings.app_id)]
+    app_id = settings.app_id
+    return [
+        *names,
+        DEADLETTER_TOPIC,
+        rekey_topic(app_id),
+        tick_topic(app_id),
+        changelog_topic(app_id),
+    ]
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the contract's topics that are missing; refuse mismatched partition counts."""
+    """Create the contract's topics that are missing; refuse mismatched partition counts.
+
+    The table's changelog is created here too, before faust starts: when faust
+    creates it itself on a fresh broker, its consumer may keep a metadata
+    snapshot with zero partitions and refuse every table write for minutes.
+    """
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap,
         request_timeout_ms=10_000,
@@ -181,6 +198,8 @@ async def ensure_topics(settings: Settings) -> None:
 def _topic_configs(name: str, app_id: str) -> dict[str, str]:
     if name == tick_topic(app_id):
         return {"retention.ms": str(TICK_RETENTION_MS), "segment.ms": str(TICK_RETENTION_MS)}
+    if name == changelog_topic(app_id):
+        return {"cleanup.policy": "compact"}
     return {}
 
 
