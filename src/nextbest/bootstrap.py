@@ -20,6 +20,7 @@ from typing import Any
 
 import faust
 import mode
+from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import (
@@ -39,6 +40,8 @@ from nextbest.adapters.stream import (
     tick_topic,
     trigger_topic,
 )
+from nextbest.api.app import ApiConfig, ApiMetrics, ContextApi
+from nextbest.api.contexts import RedisContexts
 from nextbest.core.config import EngineConfig
 from nextbest.core.engine import Engine
 from nextbest.core.rules import RulesError, RuleSet, load_rules
@@ -331,15 +334,19 @@ def _add_pages(app: faust.App, metrics: Metrics) -> None:
         return web.json({"status": "ok"})
 
     async def readyz(web: Any, request: Any) -> Any:
-        recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
-        assigned = bool(app.consumer.assignment()) if app.consumer else False
-        ready = recovered and assigned and not app.rebalancing
-        body = {"ready": ready, "recovered": recovered, "assigned": assigned}
-        return web.json(body, status=200 if ready else 503)
+        body = _readiness(app)
+        return web.json(body, status=200 if body["ready"] else 503)
 
     app.page("/metrics")(metrics_page)
     app.page("/healthz")(healthz)
     app.page("/readyz")(readyz)
+
+
+def _readiness(app: faust.App) -> dict[str, bool]:
+    recovered = bool(app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
+    assigned = bool(app.consumer.assignment()) if app.consumer else False
+    ready = recovered and assigned and not app.rebalancing
+    return {"ready": ready, "recovered": recovered, "assigned": assigned}
 
 
 def _lag_updater(
@@ -355,6 +362,7 @@ def _lag_updater(
             done = committed.get(tp, 0)
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
         metrics.partitions.set(len(partitions()))
+        metrics.ready.set(1 if _readiness(app)["ready"] else 0)
 
     return update_lag
 
@@ -369,6 +377,44 @@ def _guarded(name: str, work: Callable[[], Awaitable[None]]) -> Callable[[], Awa
             log.exception("%s failed; trying again at its next interval", name)
 
     return run
+
+
+def build_api(settings: Settings) -> web.Application:
+    """The API process: reads the Redis mirror only, never the worker."""
+    contexts = RedisContexts(redis_client(settings))
+    api = ContextApi(
+        contexts,
+        ApiConfig(
+            tokens=settings.api_tokens,
+            rate_limit=settings.api_rate_limit,
+            rate_burst=settings.api_rate_burst,
+            max_request_bytes=settings.api_max_request_bytes,
+            keepalive=settings.api_keepalive.total_seconds(),
+        ),
+        ApiMetrics(CollectorRegistry()),
+    )
+    app = api.app()
+
+    async def close(_: web.Application) -> None:
+        await contexts.close()
+
+    app.on_cleanup.append(close)
+    return app
+
+
+def run_api(settings: Settings) -> int:
+    """Serve the API in the foreground until SIGINT/SIGTERM."""
+    logging.basicConfig(
+        level=settings.log_level, format="[%(asctime)s] [%(levelname)s] %(message)s"
+    )
+    web.run_app(
+        build_api(settings),
+        host="0.0.0.0",  # noqa: S104 - widgets and desktops call it from other hosts
+        port=settings.api_port,
+        access_log=None,  # paths carry customer ids: no access log at INFO
+        print=lambda text: log.info("%s", text.strip()),
+    )
+    return 0
 
 
 def run_worker(settings: Settings) -> int:

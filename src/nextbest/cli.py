@@ -1,4 +1,4 @@
-"""The ``nextbest`` command: ``worker``, ``dev up|down|status`` and more as they land."""
+"""The ``nextbest`` command: ``worker``, ``api``, ``dev up|down|status``, ``demo``."""
 
 from __future__ import annotations
 
@@ -17,10 +17,16 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "worker", help="consume events.<channel>, keep context, emit triggers (settings: env)"
     )
+    commands.add_parser(
+        "api", help="serve live context over HTTP and Server-Sent Events (reads Redis)"
+    )
     dev = commands.add_parser(
         "dev", help="local Kafka and Redis for development and tests, without Docker"
     )
     dev.add_argument("action", choices=("up", "down", "status"))
+    commands.add_parser(
+        "demo", help="send a demo journey to events.<channel> and print triggers as they come"
+    )
     return parser
 
 
@@ -39,6 +45,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nextbest.bootstrap import run_worker
 
         return run_worker(settings)
+    if args.command == "api":
+        from nextbest.bootstrap import run_api
+
+        return run_api(settings)
+    if args.command == "demo":
+        import asyncio
+        import contextlib
+
+        from nextbest.devstack.demo import show
+
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the demo ends
+            asyncio.run(show(settings.kafka_bootstrap, settings.channels))
+        return 0
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -81,6 +81,11 @@ class Metrics:
             "Customers with an absence deadline pending on this worker.",
             registry=registry,
         )
+        self.ready = Gauge(
+            "nextbest_worker_ready",
+            "1 when partitions are assigned and the table is recovered, else 0.",
+            registry=registry,
+        )
         self.partitions = Gauge(
             "nextbest_partitions_assigned",
             "Customer partitions this worker owns now.",

@@ -76,7 +76,11 @@ class Settings(BaseSettings):
     max_event_bytes: PositiveInt = 65536
     api_port: Port = 8080
     worker_port: Port = 6066
-    api_tokens: Csv = ()
+    api_tokens: Csv = Field(default=(), repr=False)  # secrets: never in a repr or log
+    api_rate_limit: Annotated[float, Field(gt=0)] = 20.0  # requests/s per client
+    api_rate_burst: PositiveInt = 40
+    api_max_request_bytes: PositiveInt = 16384
+    api_keepalive: Duration = timedelta(seconds=15)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # How long the group waits for a worker that stopped answering before its
@@ -115,6 +119,7 @@ class Settings(BaseSettings):
         "max_signal_age",
         "context_ttl",
         "kafka_session_timeout",
+        "api_keepalive",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

@@ -35,7 +35,11 @@ def free_port() -> int:
 
 @dataclass
 class WorkerProcess:
-    """One worker process; ``app_id`` names its consumer group and internal topics."""
+    """One worker process; ``app_id`` names its consumer group and internal topics.
+
+    With ``command="api"`` it is an API process instead (same settings, its port
+    in ``NEXTBEST_API_PORT``).
+    """
 
     bootstrap: str
     redis_url: str
@@ -46,10 +50,11 @@ class WorkerProcess:
     data_dir: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     runs: int = 0
+    command: str = "worker"
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / f"{self.app_id}-{self.runs}.log"
+        return self.workdir / f"{self.app_id}-{self.command}-{self.runs}.log"
 
     def start(self, *, data_dir: Path | None = None, ready_within: float = 90.0) -> None:
         self.runs += 1
@@ -61,11 +66,12 @@ class WorkerProcess:
             "NEXTBEST_REDIS_URL": self.redis_url,
             "NEXTBEST_DATA_DIR": str(self.data_dir),
             "NEXTBEST_WORKER_PORT": str(self.port),
+            "NEXTBEST_API_PORT": str(self.port),
             **self.env,
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "nextbest.cli", "worker"],
+                [sys.executable, "-m", "nextbest.cli", self.command],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -80,7 +86,7 @@ class WorkerProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(
-                    f"worker exited with {self.process.returncode}:\n{self.tail()}"
+                    f"{self.command} exited with {self.process.returncode}:\n{self.tail()}"
                 )
             with (
                 contextlib.suppress(OSError),
@@ -89,7 +95,7 @@ class WorkerProcess:
                 if answer.status == 200:
                     return
             time.sleep(0.3)
-        raise AssertionError(f"worker not ready within {within}s:\n{self.tail()}")
+        raise AssertionError(f"{self.command} not ready within {within}s:\n{self.tail()}")
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"

@@ -2,7 +2,9 @@
 
 Key ``nextbest:context:<customer id>`` holds the JSON document with a TTL
 renewed on every change. A Lua script writes only when the stored ``version``
-is not newer, so an older document never replaces a newer one.
+is not newer, so an older document never replaces a newer one, and publishes
+each document it stores on ``nextbest:updates:<customer id>`` for the API's
+live streams.
 
 :class:`RedisMirror` never blocks the stream: :meth:`RedisMirror.submit` only
 records the newest document per customer; a background task writes what is
@@ -25,10 +27,11 @@ from redis.exceptions import RedisError
 from nextbest.metrics import Metrics
 
 KEY_PREFIX = "nextbest:context:"
+UPDATES_PREFIX = "nextbest:updates:"
 log = logging.getLogger(__name__)
 
-# KEYS[1] the context key; ARGV: document, its version, TTL in ms.
-# Returns 1 when written, 0 when Redis already holds a newer version.
+# KEYS[1] the context key; ARGV: document, its version, TTL in ms, updates channel.
+# Returns 1 when written (and published), 0 when Redis already holds a newer version.
 _WRITE_IF_NOT_OLDER = """
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -41,12 +44,17 @@ if current then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1
 """
 
 
 def context_key(customer_id: str) -> str:
     return KEY_PREFIX + customer_id
+
+
+def updates_channel(customer_id: str) -> str:
+    return UPDATES_PREFIX + customer_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +136,12 @@ class RedisMirror:
                 for customer_id, item in batch:
                     await self._script(
                         keys=[context_key(customer_id)],
-                        args=[item.document, item.version, self._ttl_ms],
+                        args=[
+                            item.document,
+                            item.version,
+                            self._ttl_ms,
+                            updates_channel(customer_id),
+                        ],
                         client=pipe,
                     )
                 await pipe.execute()

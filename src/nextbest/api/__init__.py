@@ -1,0 +1,1 @@
+"""``nextbest api``: live customer context over HTTP and Server-Sent Events."""
