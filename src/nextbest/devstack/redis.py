@@ -1,0 +1,74 @@
+"""Redis 7 from Debian's redis-server, on loopback, without persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nextbest.devstack.probes import redis_pings
+from nextbest.devstack.processes import (
+    Service,
+    port_answers,
+    refuse_busy,
+    require,
+    say,
+)
+
+MARKER = "redis-server"
+READY_WITHIN = 20.0
+
+
+class Redis:
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root / "redis"
+        self.port = port
+        self.service = Service(
+            "Redis", port, self.root / "redis.pid", self.root / "redis.log", MARKER
+        )
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def up(self) -> bool:
+        """Start the server unless ours runs; True when this call started it."""
+        pid = self.service.pid()
+        if pid is not None:
+            say(f"Redis already running at {self.url} (pid {pid})")
+            return False
+        self.check_ports()
+        server = require("redis-server", "redis-server")
+        self.root.mkdir(parents=True, exist_ok=True)
+        say(f"starting Redis on {self.url} (log: {self.service.log_file})")
+        process = self.service.start(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--dir", str(self.root)]
+        )  # fmt: skip
+        self.service.wait_until(
+            process, lambda: redis_pings(self.port), within=READY_WITHIN, what="answering PING"
+        )
+        say(f"Redis ready at {self.url} (pid {process.pid})")
+        return True
+
+    def check_ports(self) -> None:
+        """Raise when ours is not running and another process holds our port."""
+        if self.service.pid() is None:
+            refuse_busy((self.port,), "Redis", "NEXTBEST_DEV_REDIS_PORT")
+
+    def down(self) -> bool:
+        """Stop the server if ours runs; True when it was running."""
+        if self.service.stop(within=15):
+            say("Redis stopped")
+            return True
+        say("Redis was not running (none started by nextbest dev)")
+        return False
+
+    def status(self) -> bool:
+        pid = self.service.pid()
+        if pid is not None:
+            say(f"Redis: running at {self.url} (pid {pid})")
+            return True
+        if port_answers(self.port):
+            say(f"Redis: stopped; port {self.port} is busy: not a process nextbest dev started")
+            return False
+        say("Redis: stopped")
+        return False
