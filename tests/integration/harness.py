@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from redis.asyncio import Redis
 
 
 def free_port() -> int:
@@ -261,3 +262,19 @@ async def eventually(check: Callable[[], Any], *, within: float = 10.0, every: f
             return last
         await asyncio.sleep(every)
     raise AssertionError(f"condition not met within {within}s (last: {last!r})")
+
+
+async def applied(redis_url: str, customer: str, version: int) -> dict[str, Any]:
+    """Wait until the Redis mirror holds ``version`` (or later) of the customer's context."""
+    client: Redis = Redis.from_url(redis_url)
+    try:
+
+        async def document() -> dict[str, Any] | None:
+            raw = await client.get(f"nextbest:context:{customer}")
+            found = None if raw is None else orjson.loads(raw)
+            return found if found is not None and found["version"] >= version else None
+
+        found: dict[str, Any] = await eventually(document, within=15)
+        return found
+    finally:
+        await client.aclose()

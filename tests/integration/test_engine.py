@@ -14,8 +14,8 @@ from tests.integration.harness import (
     Channels,
     WorkerProcess,
     about,
+    applied,
     cloudevent,
-    eventually,
     headers_of,
     read,
 )
@@ -122,6 +122,7 @@ async def test_signal_emits_its_trigger(
     worker: WorkerProcess,
     channels: Channels,
     kafka_bootstrap: str,
+    redis_url: str,
     customer: str,
     steps: list[tuple[str, str, dict[str, object]]],
     channel: str,
@@ -129,8 +130,11 @@ async def test_signal_emits_its_trigger(
     signal: str,
 ) -> None:
     last_id = ""
-    for source, type_, payload in steps:
+    for version, (source, type_, payload) in enumerate(steps, start=1):
         last_id = await channels.send(source, type_, customer, payload)
+        # Kafka orders events within a topic only: a customer's events on two
+        # channel topics sent a millisecond apart may be applied in either order
+        await applied(redis_url, customer, version)
     [trigger] = await triggers_for(kafka_bootstrap, customer, channel)
     assert trigger["type"] == "nextbest.trigger"
     assert trigger["source"] == "/nextbest"
@@ -147,22 +151,6 @@ async def test_signal_emits_its_trigger(
     assert context["version"] == len(steps)
 
 
-async def mirrored_version(redis_url: str, customer: str, version: int) -> dict[str, object]:
-    """Wait until Redis holds ``version`` of the customer's context; return the document."""
-    client: Redis = Redis.from_url(redis_url)
-    try:
-
-        async def document() -> dict[str, object] | None:
-            raw = await client.get(f"nextbest:context:{customer}")
-            found = None if raw is None else orjson.loads(raw)
-            return found if found is not None and found["version"] == version else None
-
-        found: dict[str, object] = await eventually(document, within=10)
-        return found
-    finally:
-        await client.aclose()
-
-
 async def test_events_keyed_otherwise_reach_the_customers_state(
     worker: WorkerProcess, channels: Channels, kafka_bootstrap: str, redis_url: str, customer: str
 ) -> None:
@@ -170,7 +158,7 @@ async def test_events_keyed_otherwise_reach_the_customers_state(
     await channels.send("web", "cart.item_added", customer, cart, key=b"session-77")
     await channels.send("web", "product.viewed", customer, {"sku": "K2"}, key=None)
     # a repartition hop may reorder against directly keyed events: let both land first
-    await mirrored_version(redis_url, customer, 2)
+    await applied(redis_url, customer, 2)
     await channels.send("mobile", "session.started", customer)  # keyed by the customer
     [trigger] = await triggers_for(kafka_bootstrap, customer, "mobile")
     context = data(trigger)["context"]
@@ -181,12 +169,15 @@ async def test_events_keyed_otherwise_reach_the_customers_state(
 
 
 async def test_repeated_event_ids_and_cooldown_emit_once(
-    worker: WorkerProcess, channels: Channels, kafka_bootstrap: str, customer: str
+    worker: WorkerProcess, channels: Channels, kafka_bootstrap: str, redis_url: str, customer: str
 ) -> None:
     await channels.send("web", "session.started", customer)
+    await applied(redis_url, customer, 1)
     switch = await channels.send("chat", "chat.started", customer)
     await channels.send("chat", "chat.started", customer, id_=switch)  # a repeat
+    await applied(redis_url, customer, 2)
     await channels.send("web", "session.started", customer)
+    await applied(redis_url, customer, 3)
     await channels.send("chat", "chat.started", customer)  # inside the cooldown
     triggers = await triggers_for(kafka_bootstrap, customer, "chat", settle=2.0)
     assert [data(t)["caused_by"] for t in triggers] == [switch]
@@ -239,7 +230,7 @@ async def test_context_is_mirrored_to_redis_with_a_ttl(
     await channels.send("web", "cart.item_added", customer, {"sku": "R1", "qty": 1, "price": 3})
     await channels.send("web", "search.performed", customer, {"query": "red", "results": 2})
     await channels.send("web", "consent.updated", customer, {"email": True})
-    document = await mirrored_version(redis_url, customer, 3)
+    document = await applied(redis_url, customer, 3)
     client: Redis = Redis.from_url(redis_url)
     try:
         ttl = await client.ttl(f"nextbest:context:{customer}")
