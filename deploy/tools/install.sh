@@ -1,16 +1,39 @@
 #!/usr/bin/env bash
-# Build the Go tools the test tier needs (promtool) into .dev/tools/bin, once.
-# Versions are pinned by go.mod/go.sum beside this script; `go build` fetches the
-# modules through the Go module proxy and caches them, so later runs are instant.
+# The tools the test tier needs, built or installed once into .dev/tools:
+#   bin/promtool, bin/helm  Go tools pinned by go.mod/go.sum beside this script,
+#                           built through the Go module proxy (minutes the first
+#                           time; the module and build caches make reruns instant)
+#   venv/                   checkov and kubernetes-validate (PyPI), apart from the
+#                           project's own virtualenv: checkov pins many libraries
+#   chromium                Debian's, for the widget's browser test (root only)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-bin="${NEXTBEST_TOOLS_BIN:-$here/../../.dev/tools/bin}"
-mkdir -p "$bin"
-if [[ -x "$bin/promtool" ]] && "$bin/promtool" --version >/dev/null 2>&1; then
-  exit 0
+tools="${NEXTBEST_TOOLS_DIR:-$here/../../.dev/tools}"
+mkdir -p "$tools/bin"
+
+build() {  # build NAME PACKAGE
+  if [[ -x "$tools/bin/$1" ]] && "$tools/bin/$1" --help >/dev/null 2>&1; then return; fi
+  command -v go >/dev/null || { echo "tools: Go is needed to build $1 (apt-get install golang)"; exit 1; }
+  echo "tools: building $1 (the first time takes a few minutes)"
+  (cd "$here" && GOFLAGS=-mod=mod go build -o "$tools/bin/$1" "$2")
+}
+build promtool github.com/prometheus/prometheus/cmd/promtool
+build helm helm.sh/helm/v3/cmd/helm
+
+if [[ ! -x "$tools/venv/bin/checkov" || ! -x "$tools/venv/bin/kubernetes-validate" ]]; then
+  echo "tools: installing checkov and kubernetes-validate"
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
+    "checkov>=3.2,<4" "kubernetes-validate>=1.31,<2"
 fi
-command -v go >/dev/null || { echo "tools: Go is needed to build promtool (https://go.dev/dl or apt-get install golang)"; exit 1; }
-echo "tools: building promtool (first time only: a few minutes)"
-cd "$here"
-GOFLAGS=-mod=mod go build -o "$bin/promtool" github.com/prometheus/prometheus/cmd/promtool
-"$bin/promtool" --version | head -n 1
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "tools: installing Debian's chromium"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "tools: chromium is missing and this is not root: install it (apt-get install chromium)"
+    exit 1
+  fi
+fi
