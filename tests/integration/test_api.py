@@ -97,16 +97,6 @@ async def test_source_watch_sees_each_new_document(source: tuple[ContextSource, 
 
 
 @pytest.fixture(scope="module")
-def worker(
-    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(kafka_bootstrap, redis_url, tmp_path_factory.mktemp("api-worker"))
-    process.start()
-    yield process
-    assert process.stop() == 0, process.tail()
-
-
-@pytest.fixture(scope="module")
 def api(
     kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
@@ -23,22 +22,6 @@ from tests.integration.harness import (
 CUSTOMER_ID = re.compile(r"c-[0-9a-f]{12}")
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def worker(
-    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(kafka_bootstrap, redis_url, tmp_path_factory.mktemp("worker"))
-    process.start()
-    yield process
-    assert process.stop() == 0, process.tail()
-
-
-@pytest.fixture
-async def channels(kafka_bootstrap: str) -> AsyncIterator[Channels]:
-    async with Channels(kafka_bootstrap) as producer:
-        yield producer
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,12 +29,6 @@ from tests.integration.harness import (
 )
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture
-async def channels(kafka_bootstrap: str) -> AsyncIterator[Channels]:
-    async with Channels(kafka_bootstrap) as producer:
-        yield producer
 
 
 async def versions(redis_url: str, customers: list[str]) -> dict[str, int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -22,12 +21,6 @@ from tests.integration.harness import Channels, WorkerProcess, about, eventually
 pytestmark = pytest.mark.timeout(300)
 # a killed worker's partitions move once the group gives up on it
 FAST_FAILOVER = {"NEXTBEST_KAFKA_SESSION_TIMEOUT": "6s"}
-
-
-@pytest.fixture
-async def channels(kafka_bootstrap: str) -> AsyncIterator[Channels]:
-    async with Channels(kafka_bootstrap) as producer:
-        yield producer
 
 
 def new_customer() -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 
 import orjson
@@ -23,22 +22,9 @@ pytestmark = pytest.mark.timeout(300)
 SHORT = {"NEXTBEST_CART_ABANDON_AFTER": "2s", "NEXTBEST_CHECKOUT_STALL_AFTER": "3s"}
 
 
-@pytest.fixture
-async def channels(kafka_bootstrap: str) -> AsyncIterator[Channels]:
-    async with Channels(kafka_bootstrap) as producer:
-        yield producer
-
-
 @pytest.fixture(scope="module")
-def worker(
-    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(
-        kafka_bootstrap, redis_url, tmp_path_factory.mktemp("timers"), env=SHORT
-    )
-    process.start()
-    yield process
-    assert process.stop() == 0, process.tail()
+def worker_env() -> dict[str, str]:
+    return SHORT
 
 
 def new_customer() -> str:

@@ -13,7 +13,6 @@ from nextbest.devstack.processes import (
     DevStackError,
     Service,
     last_line,
-    port_answers,
     refuse_busy,
     require,
     say,
@@ -193,22 +192,10 @@ class Kafka:
 
     def down(self) -> bool:
         """Stop the broker if ours runs; True when it was running."""
-        if self.service.stop(within=60):
-            say("Kafka stopped")
-            return True
-        say("Kafka was not running (none started by nextbest dev)")
-        return False
+        return self.service.halt(within=60)
 
     def status(self) -> bool:
-        pid = self.service.pid()
-        if pid is not None:
-            say(f"Kafka: running at {self.bootstrap} (pid {pid})")
-            return True
-        if port_answers(self.port):
-            say(f"Kafka: stopped; port {self.port} is busy: not a process nextbest dev started")
-            return False
-        say("Kafka: stopped")
-        return False
+        return self.service.report(self.bootstrap)
 
 
 def _java_tool(java: str, classpath: str, logging: list[str], arguments: list[str]) -> str:

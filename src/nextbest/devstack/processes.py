@@ -155,6 +155,29 @@ class Service:
             f"{self.name} not {what} within {within:.0f}s; its logs end:\n{self.tail()}"
         )
 
+    def halt(self, within: float) -> bool:
+        """Stop ours and say so; True when it was running."""
+        if self.stop(within=within):
+            say(f"{self.name} stopped")
+            return True
+        say(f"{self.name} was not running (none started by nextbest dev)")
+        return False
+
+    def report(self, address: str) -> bool:
+        """Say whether ours runs at ``address``; True when it does."""
+        pid = self.pid()
+        if pid is not None:
+            say(f"{self.name}: running at {address} (pid {pid})")
+            return True
+        if port_answers(self.port):
+            say(
+                f"{self.name}: stopped; port {self.port} is busy: "
+                "not a process nextbest dev started"
+            )
+            return False
+        say(f"{self.name}: stopped")
+        return False
+
     def stop(self, within: float = 30.0) -> bool:
         """Stop our process (SIGTERM, then SIGKILL); False if none was running."""
         pid = self.pid()

@@ -7,7 +7,6 @@ from pathlib import Path
 from nextbest.devstack.probes import redis_pings
 from nextbest.devstack.processes import (
     Service,
-    port_answers,
     refuse_busy,
     require,
     say,
@@ -56,19 +55,7 @@ class Redis:
 
     def down(self) -> bool:
         """Stop the server if ours runs; True when it was running."""
-        if self.service.stop(within=15):
-            say("Redis stopped")
-            return True
-        say("Redis was not running (none started by nextbest dev)")
-        return False
+        return self.service.halt(within=15)
 
     def status(self) -> bool:
-        pid = self.service.pid()
-        if pid is not None:
-            say(f"Redis: running at {self.url} (pid {pid})")
-            return True
-        if port_answers(self.port):
-            say(f"Redis: stopped; port {self.port} is busy: not a process nextbest dev started")
-            return False
-        say("Redis: stopped")
-        return False
+        return self.service.report(self.url)
