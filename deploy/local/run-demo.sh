@@ -10,13 +10,18 @@ port="${NEXTBEST_WORKER_PORT:-6066}"
 
 record=$(mktemp)  # which services THIS script started: only those are stopped
 worker=""
+api=""
+simulator=""
+api_port="${NEXTBEST_API_PORT:-8080}"
 cleanup() {
   trap - EXIT INT TERM
-  if [[ -n "$worker" ]] && kill -0 "$worker" 2>/dev/null; then
-    echo "run: stopping the worker"
-    kill -TERM "$worker" 2>/dev/null
-    wait "$worker" 2>/dev/null
-  fi
+  for pid in $simulator $api $worker; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null
+      wait "$pid" 2>/dev/null
+    fi
+  done
+  echo "run: stopped the simulator, the API and the worker"
   .venv/bin/python -m nextbest.devstack down --recorded "$record"
   rm -f "$record"
 }
@@ -30,17 +35,27 @@ if [[ -z "${NEXTBEST_KAFKA_BOOTSTRAP:-}" ]]; then
 fi
 
 mkdir -p .dev
+wait_ready() {  # wait_ready NAME PID URL LOG
+  for _ in $(seq 1 120); do
+    if .venv/bin/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+      "$3" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$2" 2>/dev/null; then
+      echo "run: the $1 exited; last lines of $4:"; tail -n 20 "$4"; exit 1
+    fi
+    sleep 0.5
+  done
+  echo "run: the $1 was not ready within a minute; see $4"; exit 1
+}
 "$nextbest" worker >.dev/worker.log 2>&1 &
 worker=$!
 echo "run: worker starting (pid $worker, log .dev/worker.log)"
-for _ in $(seq 1 120); do
-  if .venv/bin/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-    "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then break; fi
-  if ! kill -0 "$worker" 2>/dev/null; then
-    echo "run: the worker exited; last lines of .dev/worker.log:"; tail -n 20 .dev/worker.log; exit 1
-  fi
-  sleep 0.5
-done
+wait_ready worker "$worker" "http://127.0.0.1:$port/readyz" .dev/worker.log
+"$nextbest" api >.dev/api.log 2>&1 &
+api=$!
+wait_ready API "$api" "http://127.0.0.1:$api_port/readyz" .dev/api.log
+"$nextbest" simulate --rate "${NEXTBEST_DEMO_RATE:-20}" --customers 2000 >.dev/simulate.log 2>&1 &
+simulator=$!
+customer="demo-$RANDOM"
 
 cat <<INFO
 
@@ -50,9 +65,13 @@ cat <<INFO
     worker metrics   http://127.0.0.1:$port/metrics
     worker health    http://127.0.0.1:$port/readyz
     worker log       .dev/worker.log
+    API              http://127.0.0.1:$api_port/v1/customers/<customer id>/context   (log .dev/api.log)
+    widget           http://127.0.0.1:$api_port/widget#customer=$customer
+    simulator        ${NEXTBEST_DEMO_RATE:-20} events/s of simulated journeys   (progress in .dev/simulate.log)
 
-  A demo customer now walks web -> mobile -> contact center; triggers appear below.
-  Send your own events to events.<channel> and they show up here too. Ctrl-C stops it all.
+  The demo customer $customer now walks web -> mobile -> contact center: open the
+  widget to watch its context change. Triggers (the demo's and the simulator's)
+  appear below. Ctrl-C stops it all.
 
 INFO
-"$nextbest" demo
+"$nextbest" demo --customer "$customer"

@@ -1,4 +1,4 @@
-"""The ``nextbest`` command: ``worker``, ``api``, ``dev up|down|status``, ``demo``."""
+"""The ``nextbest`` command: ``worker``, ``api``, ``simulate``, ``dev up|down|status``, ``demo``."""
 
 from __future__ import annotations
 
@@ -24,8 +24,22 @@ def _parser() -> argparse.ArgumentParser:
         "dev", help="local Kafka and Redis for development and tests, without Docker"
     )
     dev.add_argument("action", choices=("up", "down", "status"))
-    commands.add_parser(
+    demo = commands.add_parser(
         "demo", help="send a demo journey to events.<channel> and print triggers as they come"
+    )
+    demo.add_argument("--customer", default=None, help="the demo customer's id")
+    simulate = commands.add_parser(
+        "simulate", help="send realistic omnichannel journeys to events.<channel> at a fixed rate"
+    )
+    simulate.add_argument("--rate", type=float, default=100.0, help="events per second")
+    simulate.add_argument("--customers", type=int, default=10_000)
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument(
+        "--duration", type=float, default=None, help="seconds (default: run until Ctrl-C)"
+    )
+    simulate.add_argument("--count", type=int, default=None, help="stop after this many events")
+    simulate.add_argument(
+        "--malformed", type=float, default=0.0, help="fraction of records to break on purpose"
     )
     return parser
 
@@ -49,6 +63,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nextbest.bootstrap import run_api
 
         return run_api(settings)
+    if args.command == "simulate":
+        import asyncio
+        import contextlib
+
+        from nextbest.bootstrap import kafka_client_options
+        from nextbest.simulator.journeys import Journeys
+        from nextbest.simulator.sender import simulate
+
+        if args.rate <= 0 or args.customers < 1 or not 0 <= args.malformed <= 1:
+            print("nextbest: --rate and --customers must be positive, --malformed in 0..1",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        journeys = Journeys(
+            customers=args.customers,
+            seed=args.seed,
+            channels=settings.channels,
+            malformed=args.malformed,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                simulate(
+                    journeys,
+                    bootstrap=settings.kafka_bootstrap,
+                    rate=args.rate,
+                    duration=args.duration,
+                    count=args.count,
+                    client_options=kafka_client_options(settings),
+                )
+            )
+        return 0
     if args.command == "demo":
         import asyncio
         import contextlib
@@ -56,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nextbest.devstack.demo import show
 
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the demo ends
-            asyncio.run(show(settings.kafka_bootstrap, settings.channels))
+            asyncio.run(show(settings.kafka_bootstrap, settings.channels, args.customer))
         return 0
     raise AssertionError(f"unhandled command {args.command}")
 

@@ -36,7 +36,9 @@ def settings_fields() -> set[str]:
 
 def test_services_and_images(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"kafka", "redis", "worker", "api", "prometheus", "grafana"}
+    assert set(services) == {
+        "kafka", "redis", "worker", "api", "simulator", "prometheus", "grafana",
+    }  # fmt: skip
     assert services["kafka"]["image"] == "apache/kafka:3.9.1"
     assert services["redis"]["image"] == "redis:7"
     assert services["worker"]["build"] == "."
@@ -45,6 +47,7 @@ def test_services_and_images(compose: dict[str, Any]) -> None:
 def test_every_nextbest_variable_is_a_setting(compose: dict[str, Any], dockerfile: str) -> None:
     names = set(compose["services"]["worker"]["environment"])
     names |= set(compose["services"]["api"]["environment"])
+    names |= set(compose["services"]["simulator"]["environment"])
     names |= set(re.findall(r"\b(NEXTBEST_[A-Z0-9_]+)=", dockerfile))
     assert {"NEXTBEST_KAFKA_BOOTSTRAP", "NEXTBEST_REDIS_URL", "NEXTBEST_DATA_DIR"} <= names
     assert names <= settings_fields()
@@ -122,3 +125,13 @@ def test_monitoring_is_provisioned_from_deploy(compose: dict[str, Any]) -> None:
     }
     worker_port = Settings.model_fields["worker_port"].default
     assert targets == {f"worker:{worker_port}", "api:8080"}
+
+
+def test_the_simulator_is_an_optional_profile(compose: dict[str, Any]) -> None:
+    from nextbest.cli import _parser
+
+    simulator = compose["services"]["simulator"]
+    assert simulator["profiles"] == ["simulator"]
+    assert simulator["image"] == compose["services"]["worker"]["image"]
+    parsed = _parser().parse_args(simulator["command"])  # the CLI accepts these arguments
+    assert (parsed.command, parsed.rate, parsed.customers) == ("simulate", 50.0, 5000)

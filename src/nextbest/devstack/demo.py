@@ -67,8 +67,8 @@ async def tail_triggers(bootstrap: str, channels: tuple[str, ...]) -> None:
         await consumer.stop()
 
 
-async def show(bootstrap: str, channels: tuple[str, ...]) -> None:
+async def show(bootstrap: str, channels: tuple[str, ...], customer: str | None = None) -> None:
     tail = asyncio.create_task(tail_triggers(bootstrap, channels))
     await asyncio.sleep(2.0)
-    await send_journey(bootstrap)
+    await send_journey(bootstrap, customer)
     await tail

@@ -1,0 +1,1 @@
+"""``nextbest simulate``: realistic omnichannel journeys sent to ``events.<channel>``."""

@@ -1,0 +1,82 @@
+"""The journey simulator: reproducible, valid, skewed, hopping, and broken on request."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from itertools import islice, pairwise
+
+import pytest
+
+from nextbest.core.envelope import DEFAULT_CHANNELS, Rejected, parse
+from nextbest.simulator.journeys import Journeys, SimulatedEvent
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def take(count: int, **options: object) -> list[SimulatedEvent]:
+    settings: dict[str, object] = {"customers": 1000, "seed": 7, "channels": DEFAULT_CHANNELS}
+    settings.update(options)
+    journeys = Journeys(**settings)  # type: ignore[arg-type]
+    events = list(islice(journeys.events(rate=200.0), count))
+    for event in events:
+        event.document["time"] = NOW.isoformat()
+    return events
+
+
+def test_the_same_seed_gives_the_same_events() -> None:
+    first = [(e.channel, e.customer, e.at, e.value()) for e in take(500)]
+    again = [(e.channel, e.customer, e.at, e.value()) for e in take(500)]
+    other = [(e.channel, e.customer, e.at, e.value()) for e in take(500, seed=8)]
+    assert first == again
+    assert first != other
+
+
+def test_every_event_is_valid_for_its_channel() -> None:
+    events = take(3000)
+    for event in events:
+        parsed = parse(event.value(), (), event.channel, now=NOW)
+        assert parsed.subject == event.customer
+    types = Counter(e.document["type"] for e in events)
+    for kind in ("search.performed", "cart.item_added", "checkout.started", "payment.failed",
+                 "order.placed", "product.scanned", "call.abandoned", "chat.started",
+                 "email.clicked", "consent.updated", "store.visited"):  # fmt: skip
+        assert types[kind] > 0, kind
+    assert sum(1 for e in events if e.document["type"] == "search.performed"
+               and e.document["data"]["results"] == 0) > 0  # fmt: skip
+
+
+def test_sessions_hop_channels() -> None:
+    events = take(3000)
+    hops = sum(
+        1
+        for before, after in pairwise(events)
+        if before.customer == after.customer and before.channel != after.channel
+    )
+    assert hops > 100
+    assert set(e.channel for e in events) == set(DEFAULT_CHANNELS)
+
+
+def test_activity_is_zipf_skewed() -> None:
+    events = take(5000, customers=1000)
+    per_customer = Counter(e.customer for e in events).most_common()
+    busiest_tenth = sum(count for _, count in per_customer[:100])
+    assert busiest_tenth > 0.4 * len(events)
+
+
+def test_offsets_follow_the_rate() -> None:
+    events = take(4000)
+    assert all(b.at > a.at for a, b in pairwise(events))
+    assert events[-1].at == pytest.approx(4000 / 200.0, rel=0.1)
+
+
+def test_a_fraction_is_broken_on_request_and_every_broken_one_is_rejected() -> None:
+    events = take(4000, malformed=0.05)
+    broken = [e for e in events if e.malformed]
+    assert 0.03 * len(events) < len(broken) < 0.07 * len(events)
+    reasons: Counter[str] = Counter()
+    for event in broken:
+        with pytest.raises(Rejected) as caught:
+            parse(event.value(), (), event.channel, now=NOW)
+        reasons[caught.value.reason.value] += 1
+    assert set(reasons) == {"invalid_json", "invalid_envelope", "invalid_data", "not_utf8"}
