@@ -46,6 +46,7 @@ from nextbest.core.config import EngineConfig
 from nextbest.core.engine import Engine
 from nextbest.core.rules import RulesError, RuleSet, load_rules
 from nextbest.core.schedule import DueIndex
+from nextbest.failures import log_failure
 from nextbest.metrics import Metrics
 from nextbest.settings import Settings
 
@@ -283,8 +284,8 @@ def build_worker(settings: Settings) -> Worker:
     async def rebuild_index() -> None:
         try:
             handler.rebuild_index(owned_partitions())
-        except Exception:  # deadlines then fire once events touch them again
-            log.exception("could not rebuild the deadline index")
+        except Exception as error:  # deadlines then fire once events touch them again
+            log_failure(log, error, "could not rebuild the deadline index")
 
     table.on_recover(rebuild_index)
     tick_sender = _raw_topic(app, ticks)
@@ -373,8 +374,8 @@ def _guarded(name: str, work: Callable[[], Awaitable[None]]) -> Callable[[], Awa
     async def run() -> None:
         try:
             await work()
-        except Exception:
-            log.exception("%s failed; trying again at its next interval", name)
+        except Exception as error:
+            log_failure(log, error, "%s failed; trying again at its next interval", name)
 
     return run
 

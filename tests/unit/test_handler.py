@@ -194,6 +194,17 @@ async def test_an_internal_failure_is_dead_lettered_not_raised() -> None:
     assert sample(h.metrics, "nextbest_events_rejected_total", channel="web", reason="internal")
 
 
+async def test_error_log_lines_carry_no_exception_text(caplog: pytest.LogCaptureFixture) -> None:
+    h = harness(table=ExplodingTable())
+    with caplog.at_level("DEBUG"):
+        await h.handler.handle(record("web", "session.started"))
+    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+    home = partition_for(b"c-1", PARTITIONS)
+    assert error.getMessage() == f"internal error on events.web[{home}]@7 (RuntimeError)"
+    assert "disk on fire" not in error.getMessage()
+    assert any(r.levelname == "DEBUG" and r.exc_info for r in caplog.records)
+
+
 async def test_an_unreachable_deadletter_topic_is_logged_not_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

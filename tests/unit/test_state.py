@@ -14,6 +14,7 @@ from nextbest.core.state import (
     apply,
     decode,
     encode,
+    encode_document,
     is_duplicate,
     record_trigger,
 )
@@ -153,6 +154,7 @@ def test_state_survives_encoding() -> None:
     )
     state = record_trigger(state, TriggerRecord("t", "resume_cart", "web", at(5)))
     assert decode(encode(state)) == state
+    assert encode(state, encode_document(state.context)) == encode(state)
 
 
 # --- properties ---------------------------------------------------------------------

@@ -36,6 +36,7 @@ from nextbest.core.engine import Engine, Outcome
 from nextbest.core.envelope import Reason, Rejected, parse
 from nextbest.core.schedule import DueIndex
 from nextbest.core.triggers import Trigger
+from nextbest.failures import log_failure
 from nextbest.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,8 @@ class EventHandler:
         if message.topic == self._tick_topic:
             try:
                 await self.tick(message.partition)
-            except Exception:  # a failed tick is retried by the next one
-                log.exception("timer tick failed on partition %d", message.partition)
+            except Exception as error:  # a failed tick is retried by the next one
+                log_failure(log, error, "timer tick failed on partition %d", message.partition)
             return
         headers = _headers(message)
         origin = Origin.of(message, headers, self._rekey_topic)
@@ -199,8 +200,13 @@ class EventHandler:
         except Rejected as rejection:
             await self.dead_letter(message, headers, origin, rejection.reason, rejection.message)
         except Exception as error:  # an escaping exception would silently kill the agent
-            log.exception(
-                "internal error on %s[%d]@%d", origin.topic, origin.partition, origin.offset
+            log_failure(
+                log,
+                error,
+                "internal error on %s[%d]@%d",
+                origin.topic,
+                origin.partition,
+                origin.offset,
             )
             await self.dead_letter(
                 message, headers, origin, Reason.INTERNAL, f"{type(error).__name__}: {error}"
@@ -230,11 +236,12 @@ class EventHandler:
         if not outcome.applied:
             self._metrics.duplicates.labels(origin.channel).inc()
             return
-        self._table[key] = states.encode(outcome.state)
+        context = outcome.state.context
+        document = states.encode_document(context)  # once: for the table and for Redis
+        self._table[key] = states.encode(outcome.state, document)
         self._index.schedule(message.partition, key, self._engine.next_wakeup(outcome.state))
         await self._emit(outcome, message.timestamp)
-        context = outcome.state.context
-        self._mirror.submit(event.subject, context.version, states.encode_document(context))
+        self._mirror.submit(event.subject, context.version, document)
 
     def retain(self, partitions: Iterable[int]) -> None:
         """Forget the deadlines of partitions this worker no longer owns."""
@@ -340,8 +347,10 @@ class EventHandler:
                     ("nextbest.error.offset", str(origin.offset).encode()),
                 ],
             )
-        except Exception:
-            log.exception(
+        except Exception as error:
+            log_failure(
+                log,
+                error,
                 "could not dead-letter %s[%d]@%d (%s)",
                 origin.topic,
                 origin.partition,

@@ -188,10 +188,13 @@ def record_trigger(state: CustomerState, record: TriggerRecord) -> CustomerState
 _JSON = orjson.OPT_UTC_Z
 
 
-def encode(state: CustomerState) -> bytes:
+def encode(state: CustomerState, document: bytes | None = None) -> bytes:
+    """The state as JSON bytes; ``document`` is ``encode_document(state.context)`` if known."""
     return orjson.dumps(
         {
-            "context": to_document(state.context),
+            "context": to_document(state.context)
+            if document is None
+            else orjson.Fragment(document),
             "seen_ids": state.seen_ids,
             "zero_searches": state.zero_searches,
             "product_viewed_at": state.product_viewed_at,
