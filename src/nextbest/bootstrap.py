@@ -291,15 +291,16 @@ def build_worker(settings: Settings) -> Worker:
     tick_sender = _raw_topic(app, ticks)
 
     async def send_ticks() -> None:
-        owned = owned_partitions()
-        handler.retain(owned)
-        for partition in sorted(owned):
+        # Owned partitions come and go during a rebalance: the index is not trimmed
+        # here (that lost deadlines when a rebalance kept the same partitions and
+        # ran no recovery); it is rebuilt when recovery completes.
+        for partition in sorted(owned_partitions()):
             await tick_sender.send(value=b"", partition=partition)
 
     app.timer(TICK_INTERVAL, name="nextbest.ticks")(_guarded("timer ticks", send_ticks))
     app.service(_mirror_service(mirror))
     _add_pages(app, metrics)
-    lag = _lag_updater(app, metrics, owned_partitions)
+    lag = _lag_updater(app, metrics, owned_partitions, handler.report_pending)
     app.timer(1.0, name="nextbest.consumer_lag")(_guarded("consumer lag", lag))
     return Worker(app, metrics, mirror, handler)
 
@@ -351,7 +352,10 @@ def _readiness(app: faust.App) -> dict[str, bool]:
 
 
 def _lag_updater(
-    app: faust.App, metrics: Metrics, partitions: Callable[[], set[int]]
+    app: faust.App,
+    metrics: Metrics,
+    partitions: Callable[[], set[int]],
+    report_pending: Callable[[set[int]], None],
 ) -> Callable[[], Awaitable[None]]:
     async def update_lag() -> None:
         committed = app.monitor.tp_committed_offsets
@@ -362,7 +366,9 @@ def _lag_updater(
                 continue
             done = committed.get(tp, 0)
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
-        metrics.partitions.set(len(partitions()))
+        owned = partitions()
+        metrics.partitions.set(len(owned))
+        report_pending(owned)
         metrics.ready.set(1 if _readiness(app)["ready"] else 0)
 
     return update_lag

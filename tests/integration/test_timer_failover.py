@@ -16,7 +16,14 @@ from aiokafka import ConsumerRecord
 from redis.asyncio import Redis
 
 from nextbest.adapters.projection import context_key
-from tests.integration.harness import Channels, WorkerProcess, about, eventually, read
+from tests.integration.harness import (
+    Channels,
+    WorkerProcess,
+    about,
+    applied,
+    eventually,
+    read,
+)
 
 pytestmark = pytest.mark.timeout(300)
 # a killed worker's partitions move once the group gives up on it
@@ -53,7 +60,9 @@ async def test_deadlines_survive_kill_9_and_fire_exactly_once(
     await read(kafka_bootstrap, ["triggers.mobile"], about(fired_before), within=15)
     for customer in pending:  # pending at the kill: due 8 s after checkout starts
         await channels.send("web", "checkout.started", customer)
-    await eventually(lambda: worker.metric("nextbest_timers_pending") >= len(pending), within=10)
+    for customer in pending:  # applied (consent, then checkout) before the kill
+        await applied(redis_url, customer, 2)
+    assert worker.metric("nextbest_timers_pending") >= len(pending)
     worker.stop(signal.SIGKILL)
 
     worker.start(data_dir=worker.data_dir)

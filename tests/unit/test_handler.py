@@ -218,3 +218,13 @@ async def test_handler_does_not_wait_for_redis() -> None:
     h = harness()
     await asyncio.wait_for(h.handler.handle(record("web", "session.started")), 1.0)
     assert h.mirror.pending == 1
+
+
+async def test_a_replayed_record_puts_its_deadline_back_in_the_index() -> None:
+    h = harness()
+    cart = {"sku": "A1", "qty": 1, "price": 2}
+    await h.handler.handle(record("web", "cart.item_added", data=cart, id_="e-1"))
+    h.handler._index.replace(range(PARTITIONS), [])  # as after a crash, before any rebuild
+    assert len(h.handler._index) == 0
+    await h.handler.handle(record("web", "cart.item_added", data=cart, id_="e-1"))
+    assert len(h.handler._index) == 1

@@ -212,11 +212,12 @@ def test_replace_keeps_only_owned_partitions() -> None:
     assert index.pop_due(1, at(9)) == [b"b"]
 
 
-def test_retain_forgets_partitions_that_moved_away() -> None:
+def test_pending_counts_only_the_partitions_asked_for() -> None:
     index = DueIndex()
     index.schedule(0, b"a", at(1))
-    index.schedule(3, b"b", at(1))
-    index.retain([0, 1])
-    assert len(index) == 1
-    assert index.pop_due(3, at(9)) == []
-    assert index.pop_due(0, at(9)) == [b"a"]
+    index.schedule(0, b"b", at(2))
+    index.schedule(3, b"c", at(1))
+    assert index.pending([0, 1]) == 2
+    assert index.pending([3]) == 1
+    assert index.pending([]) == 0
+    assert len(index) == 3

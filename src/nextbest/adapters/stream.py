@@ -233,20 +233,22 @@ class EventHandler:
         self._metrics.events.labels(origin.channel).inc()
         raw = self._table.get(key)
         outcome = self._engine.process(None if raw is None else states.decode(raw), event, now)
+        wakeup = self._engine.next_wakeup(outcome.state)
+        self._index.schedule(message.partition, key, wakeup)
         if not outcome.applied:
+            # a repeat changes nothing, but after a crash the repeats are the
+            # uncommitted records replayed: they put their deadlines back in the index
             self._metrics.duplicates.labels(origin.channel).inc()
             return
         context = outcome.state.context
         document = states.encode_document(context)  # once: for the table and for Redis
         self._table[key] = states.encode(outcome.state, document)
-        self._index.schedule(message.partition, key, self._engine.next_wakeup(outcome.state))
         await self._emit(outcome, message.timestamp)
         self._mirror.submit(event.subject, context.version, document)
 
-    def retain(self, partitions: Iterable[int]) -> None:
-        """Forget the deadlines of partitions this worker no longer owns."""
-        self._index.retain(partitions)
-        self._metrics.timers_pending.set(len(self._index))
+    def report_pending(self, partitions: Iterable[int]) -> None:
+        """Set ``nextbest_timers_pending`` to the deadlines of the partitions owned now."""
+        self._metrics.timers_pending.set(self._index.pending(partitions))
 
     async def tick(self, partition: int) -> None:
         """Fire the deadlines of ``partition`` that are due on the engine's clock."""
@@ -268,7 +270,6 @@ class EventHandler:
             if fired:
                 self._table[key] = states.encode(state)
             self._index.schedule(partition, key, self._engine.next_wakeup(state))
-        self._metrics.timers_pending.set(len(self._index))
 
     def rebuild_index(self, partitions: Iterable[int]) -> None:
         """Re-read the table after an assignment: every pending deadline of ``partitions``."""
@@ -281,7 +282,7 @@ class EventHandler:
                 if due is not None:
                     entries.append((partition, key, due))
         self._index.replace(owned, entries)
-        self._metrics.timers_pending.set(len(self._index))
+        self.report_pending(owned)
 
     async def _emit(self, outcome: Outcome, since: float) -> None:
         """Count the suppressions; send the trigger, if any."""

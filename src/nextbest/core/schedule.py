@@ -5,7 +5,8 @@ Each partition has a heap of ``(due, key)`` and a map of each key's current due
 time; rescheduling a key pushes a new entry and leaves the old one to be
 skipped when it surfaces (lazy deletion), and the heap is compacted when stale
 entries outnumber live ones. The index is memory only: the worker rebuilds it
-from its table whenever partitions are assigned.
+from its table whenever partitions are assigned (entries of partitions that
+moved away stay until then: no tick comes for them, so they never fire here).
 """
 
 from __future__ import annotations
@@ -71,12 +72,9 @@ class DueIndex:
             self._heaps[partition] = [(due, key) for key, due in current.items()]
             heapq.heapify(self._heaps[partition])
 
-    def retain(self, partitions: Iterable[int]) -> None:
-        """Drop the partitions not in ``partitions`` (they moved to another worker)."""
-        keep = set(partitions)
-        for partition in [p for p in self._due if p not in keep]:
-            del self._due[partition]
-            self._heaps.pop(partition, None)
+    def pending(self, partitions: Iterable[int]) -> int:
+        """How many customers of ``partitions`` have a deadline pending."""
+        return sum(len(self._due.get(p, ())) for p in set(partitions))
 
     def _compact(self, partition: int) -> None:
         heap = [(due, key) for key, due in self._due[partition].items()]
