@@ -23,7 +23,16 @@ import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
-from tests.integration.harness import Channels, WorkerProcess, cloudevent
+from tests.integration.harness import Channels, WorkerProcess, applied, cloudevent, eventually
+
+
+def _caught_up(worker: WorkerProcess) -> bool:
+    lags = [
+        float(line.rsplit(" ", 1)[1])
+        for line in worker.metrics().splitlines()
+        if line.startswith("nextbest_consumer_lag{") and 'topic="events.' in line
+    ]
+    return bool(lags) and sum(lags) == 0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -34,6 +43,8 @@ def percentile(values: list[float], q: float) -> float:
 async def measure(bootstrap: str, redis_url: str, customers: int, rate: float) -> None:
     worker = WorkerProcess(bootstrap, redis_url, Path(tempfile.mkdtemp(prefix="nextbest-bench-")))
     worker.start()
+    # a new consumer group reads every topic from the start: measure only once caught up
+    await eventually(lambda: _caught_up(worker), within=600, every=1.0)
     consumer = AIOKafkaConsumer(
         "triggers.chat", bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest"
     )
@@ -59,6 +70,9 @@ async def measure(bootstrap: str, redis_url: str, customers: int, rate: float) -
             names = [f"bench-{run}-{i}" for i in range(customers)]
             for name in names:
                 await channels.send("web", "session.started", name)
+            # Kafka orders nothing across topics: let every web event land first
+            for name in names:
+                await applied(redis_url, name, 1)
             start = time.monotonic()
             for index, name in enumerate(names):
                 due = start + index / rate
