@@ -67,9 +67,6 @@ class Consent:
     email: bool = False
     mobile: bool = False
 
-    def allows(self, channel: str) -> bool:
-        return bool(getattr(self, channel, False)) if channel in ("email", "mobile") else True
-
 
 @dataclass(frozen=True, slots=True)
 class TriggerRecord:

@@ -153,7 +153,6 @@ DATA_FIELDS: Mapping[str, Mapping[str, Field]] = {
         "mobile": _optional(_is_bool, "a boolean"),
     },
 }
-KNOWN_TYPES = frozenset(DATA_FIELDS)
 
 
 def _validate_data(event_type: str, data: object) -> Mapping[str, Any]:
