@@ -79,7 +79,11 @@ class WorkerProcess:
                 cwd=self.workdir,
                 start_new_session=True,
             )
-        self.wait_ready(ready_within)
+        try:
+            self.wait_ready(ready_within)
+        except BaseException:
+            self.stop(signal.SIGKILL)  # never leave a half-started process consuming
+            raise
 
     def wait_ready(self, within: float) -> None:
         deadline = time.monotonic() + within

@@ -53,17 +53,23 @@ async def test_deadlines_survive_kill_9_and_fire_exactly_once(
     )
     worker.start()
     fired_before, pending = new_customer(), [new_customer() for _ in range(4)]
-    for customer in (fired_before, *pending):
-        await channels.send("web", "consent.updated", customer, {"mobile": True})
-    # fires 2 s after its cart, before the kill
-    await channels.send("web", "cart.item_added", fired_before, {"sku": "A", "qty": 1, "price": 1})
-    await read(kafka_bootstrap, ["triggers.mobile"], about(fired_before), within=15)
-    for customer in pending:  # pending at the kill: due 8 s after checkout starts
-        await channels.send("web", "checkout.started", customer)
-    for customer in pending:  # applied (consent, then checkout) before the kill
-        await applied(redis_url, customer, 2)
-    assert worker.metric("nextbest_timers_pending") >= len(pending)
-    worker.stop(signal.SIGKILL)
+    try:
+        for customer in (fired_before, *pending):
+            await channels.send("web", "consent.updated", customer, {"mobile": True})
+        # fires 2 s after its cart, before the kill
+        cart = {"sku": "A", "qty": 1, "price": 1}
+        await channels.send("web", "cart.item_added", fired_before, cart)
+        await read(kafka_bootstrap, ["triggers.mobile"], about(fired_before), within=15)
+        for customer in pending:  # pending at the kill: due 8 s after checkout starts
+            await channels.send("web", "checkout.started", customer)
+        for customer in pending:  # applied (consent, then checkout) before the kill
+            await applied(redis_url, customer, 2)
+        # the gauge is refreshed every second
+        await eventually(
+            lambda: worker.metric("nextbest_timers_pending") >= len(pending), within=10
+        )
+    finally:
+        worker.stop(signal.SIGKILL)  # also when a step above failed: no stray worker
 
     worker.start(data_dir=worker.data_dir)
     try:
