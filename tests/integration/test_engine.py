@@ -19,7 +19,7 @@ from tests.integration.harness import (
     read,
 )
 
-CUSTOMER_ID = re.compile(r"c-[0-9a-f]{12}")
+CUSTOMER_ID = re.compile(r"\bc-[0-9a-f]{12}\b")  # \b: not the tail of a uuid
 
 pytestmark = pytest.mark.timeout(180)
 
