@@ -20,6 +20,7 @@ from typing import Any
 
 import faust
 import mode
+import uvloop
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -53,6 +54,7 @@ from nextbest.settings import Settings
 TABLE = "contexts"
 BLOCK_CACHE_BYTES = 32 * 1024 * 1024  # per partition; faust's default is 2 GiB
 TICK_INTERVAL = 0.25  # seconds between timer ticks per partition: deadlines fire within 1 s
+PRODUCER_LINGER = 0.005  # seconds: batches changelog and trigger records per request
 TICK_RETENTION_MS = 3_600_000  # ticks are worthless once handled
 log = logging.getLogger(__name__)
 
@@ -242,6 +244,7 @@ def build_worker(settings: Settings) -> Worker:
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout.total_seconds() / 3),
         table_standby_replicas=0,
         stream_wait_empty=False,
+        producer_linger=PRODUCER_LINGER,
         web_port=settings.worker_port,
         web_host="0.0.0.0",  # noqa: S104 - scraped by Prometheus from other hosts
     )
@@ -431,14 +434,16 @@ def run_worker(settings: Settings) -> int:
     except (RulesError, OSError) as error:
         print(f"nextbest: {error}", file=sys.stderr)
         return 2
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()  # faust's per-record path is event-loop bound
     asyncio.set_event_loop(loop)
     try:
         loop.run_until_complete(ensure_topics(settings))
     except StartupError as error:
         print(f"nextbest: {error}", file=sys.stderr)
         return 1
-    faust.Worker(
-        worker.app, loop=loop, loglevel=settings.log_level.lower()
-    ).execute_from_commandline()
+    runner = faust.Worker(worker.app, loop=loop, loglevel=settings.log_level.lower())
+    # At WARNING and above faust keeps a terminal spinner, which sets the root
+    # logger to DEBUG: every debug call in faust and aiokafka then built a record.
+    runner.spinner = None
+    runner.execute_from_commandline()
     return 0

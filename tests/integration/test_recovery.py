@@ -177,3 +177,23 @@ async def test_mirror_never_replaces_a_newer_version(redis_url: str) -> None:
         await client.aclose()
     assert stored == {"version": 5, "n": 5}
     assert 0 < ttl <= 60_000
+
+
+async def test_mirror_reloads_its_script_after_redis_forgets_it(redis_url: str) -> None:
+    """A restarted Redis has an empty script cache: the write is retried, not lost."""
+    client: Redis = Redis.from_url(redis_url)
+    customer = f"c-{uuid.uuid4().hex[:12]}"
+    mirror = RedisMirror(client, Metrics(CollectorRegistry()), ttl=timedelta(seconds=60))
+    task = asyncio.create_task(mirror.run())
+    try:
+        mirror.submit(customer, 1, orjson.dumps({"version": 1}))
+        assert await mirror.drained(within=5)
+        await client.script_flush()
+        mirror.submit(customer, 2, orjson.dumps({"version": 2}))
+        assert await mirror.drained(within=5)
+        stored = orjson.loads(await client.get(context_key(customer)))
+    finally:
+        task.cancel()
+        await client.delete(context_key(customer))
+        await client.aclose()
+    assert stored == {"version": 2}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from nextbest.metrics import Metrics
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # KEYS[1] the context key; ARGV: document, its version, TTL in ms, updates channel.
 # Returns 1 when written (and published), 0 when Redis already holds a newer version.
-_WRITE_IF_NOT_OLDER = """
+WRITE_IF_NOT_OLDER = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, stored = pcall(cjson.decode, current)
@@ -74,18 +74,20 @@ class RedisMirror:
         *,
         ttl: timedelta,
         batch_size: int = 500,
+        gather: float = 0.005,
         retry_delays: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._ttl_ms = int(ttl.total_seconds() * 1000)
         self._batch_size = batch_size
+        self._gather = gather
         self._retry_delays = retry_delays
         self._pending: dict[str, _Pending] = {}
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._script = client.register_script(_WRITE_IF_NOT_OLDER)
+        self._sha: str | None = None  # of WRITE_IF_NOT_OLDER once loaded into Redis
 
     @property
     def pending(self) -> int:
@@ -107,9 +109,14 @@ class RedisMirror:
                 self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                # let a few ms of changes gather: fewer, fuller pipelines and
+                # repeated changes of one customer written once
+                await asyncio.sleep(self._gather)
             try:
                 await self._flush_batch()
                 failures = 0
+            except NoScriptError:  # Redis restarted or flushed its script cache
+                self._sha = None
             except (RedisError, OSError) as error:
                 self._metrics.redis_errors.inc()
                 delay = self._retry_delays[min(failures, len(self._retry_delays) - 1)]
@@ -132,17 +139,18 @@ class RedisMirror:
             batch.append((customer_id, self._pending.pop(customer_id)))
         self._metrics.mirror_pending.set(len(self._pending))
         try:
+            if self._sha is None:
+                self._sha = str(await self._client.script_load(WRITE_IF_NOT_OLDER))
             async with self._client.pipeline(transaction=False) as pipe:
                 for customer_id, item in batch:
-                    await self._script(
-                        keys=[context_key(customer_id)],
-                        args=[
-                            item.document,
-                            item.version,
-                            self._ttl_ms,
-                            updates_channel(customer_id),
-                        ],
-                        client=pipe,
+                    pipe.evalsha(
+                        self._sha,
+                        1,
+                        context_key(customer_id),
+                        item.document,
+                        item.version,
+                        self._ttl_ms,
+                        updates_channel(customer_id),
                     )
                 await pipe.execute()
         except BaseException:
