@@ -10,8 +10,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_VENV := .dev/bench/venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS ?=
 
-.PHONY: help install tools up down status lint typecheck unit integration e2e test run clean
+.PHONY: help install tools up down status lint typecheck unit integration e2e test run bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +61,15 @@ test: $(STAMP) tools ## lint, typecheck and every test tier against real service
 
 run: $(STAMP) ## the whole demo stack: Kafka, Redis and the worker (Ctrl-C stops it all)
 	@bash deploy/local/run-demo.sh
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -e '.[bench]'
+	@touch $@
+
+bench: $(BENCH_STAMP) ## floor vs nextbest vs Quix Streams, side by side (~30 min; BENCH_ARGS=--quick)
+	$(BENCH_VENV)/bin/python -m bench.compare $(BENCH_ARGS)
 
 clean: ## remove the virtualenv, caches and local service data
 	-$(BIN)/nextbest dev down 2>/dev/null

@@ -1,0 +1,703 @@
+"""Side-by-side benchmark: the floor, nextbest and Quix Streams on one broker.
+
+    make bench                                   # or, in .dev/bench/venv:
+    python -m bench.compare [--quick] [--arms floor,nextbest,quix] [--repeat 3]
+
+Each repetition runs every arm on a fresh, dedicated Kafka + Redis (the dev
+stack on ports 19092/16379 under ``.dev/bench/stack``, wiped between arms, so
+nothing of yours is touched and no arm inherits another's data):
+
+1. **Max throughput.** ``--events`` simulated records are written first; the
+   arm then starts and drains them. Throughput is records / (time the last
+   record's effect is visible - time the first one's is): the rate at which
+   the arm shrinks a backlog, i.e. the most it can sustain. CPU-seconds per
+   1,000 records are the arm process's CPU over the same span.
+2. **Latency at fixed offered loads** (1k/s, 5k/s and 50 % of this arm's
+   median max), open loop: record *i* is due at ``start + i/rate`` and latency
+   is measured from that intended time to the moment the harness reads the
+   effect: the output record (floor) or the trigger whose ``caused_by`` is that
+   record (nextbest, Quix). Mirror lag is from the newest applied record's
+   intended time to the moment its context document is published by Redis.
+   A warm-up precedes each measured window; a load the arm cannot keep up
+   with is reported as such, with how far behind it ended.
+3. **Changelog recovery** (nextbest): a new worker with an empty data dir
+   restores the table; records restored / seconds to ready.
+
+Peak RSS is the arm process's high-water mark. Results go to
+``bench/results/latest.json`` and ``latest.md``; figures are medians over the
+repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+
+from bench.arms.floor import OUTPUT_TOPIC
+from bench.procstat import cpu_seconds, peak_rss_bytes
+from bench.report import render
+from bench.workload import Sent, Workload, open_loop, preload
+from nextbest.adapters.projection import KEY_PREFIX, UPDATES_PREFIX
+from nextbest.bootstrap import changelog_topic, ensure_topics
+from nextbest.devstack import DevStack, stack
+from nextbest.settings import Settings
+from nextbest.simulator.journeys import Journeys
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_ENV = {
+    "NEXTBEST_DEV_KAFKA_PORT": "19092",
+    "NEXTBEST_DEV_CONTROLLER_PORT": "19093",
+    "NEXTBEST_DEV_REDIS_PORT": "16379",
+}
+WORKER_PORT = 16066
+ARMS = ("floor", "nextbest", "quix")
+COMMANDS = {
+    "floor": [sys.executable, "-m", "bench.arms.floor"],
+    "nextbest": [sys.executable, "-m", "nextbest.cli", "worker"],
+    "quix": [sys.executable, "-m", "bench.arms.quix"],
+}
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", flush=True)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Plan:
+    events: int
+    warmup: float
+    seconds: float
+    repeat: int
+    customers: int
+    catch_up: float
+    profile: bool = False
+    loads: bool = True
+    rates: tuple[float, ...] = (1000.0, 5000.0)
+    half_load: bool = True
+
+
+@dataclass
+class LoadResult:
+    label: str
+    offered: float
+    sent: int
+    sender_late_max_ms: float
+    caught_up: bool
+    behind_after_s: float | None  # how long after the last send the arm had caught up
+    latency_ms: dict[str, float | None]
+    samples: int
+    mirror_lag_ms: dict[str, float | None]
+    mirror_samples: int
+
+    @classmethod
+    def above_max(cls, label: str, rate: float) -> LoadResult:
+        none: dict[str, float | None] = {"p50": None, "p99": None, "p99.9": None}
+        return cls(label, rate, 0, 0.0, False, None, none, 0, none, 0)
+
+
+@dataclass
+class RunResult:
+    arm: str
+    rep: int
+    events: int
+    drain_seconds: float
+    events_per_s: float
+    cpu_s_per_1k: float
+    kafka_cpu_s_per_1k: float  # the broker's, for the same records
+    redis_cpu_s_per_1k: float
+    first_output_after_s: float
+    loads: list[LoadResult] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    recovery: dict[str, float] | None = None
+
+
+class Arm:
+    """One arm's process, with the settings every arm reads (``NEXTBEST_*``)."""
+
+    def __init__(self, name: str, settings_env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.env = settings_env
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.runs = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}-{self.runs}.log"
+
+    def start(self, data_dir: Path) -> None:
+        self.runs += 1
+        log = self.log_path.open("wb")
+        env = {**os.environ, **self.env, "NEXTBEST_DATA_DIR": str(data_dir)}
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(  # noqa: S603 - our own fixed commands
+            COMMANDS[self.name],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} arm exited with status {self.process.returncode}; "
+                f"see {self.workdir}/{self.name}-{self.runs}.log"
+            )
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def restore_seconds(log: Path) -> float:
+    """How long faust spent reading the changelog, from its own log lines."""
+    stamps: dict[str, datetime] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        for key, marker in (
+            ("start", "Restoring state from changelog topics"),
+            ("end", "Done reading from changelog topics"),
+        ):
+            if marker in line and key not in stamps:
+                stamps[key] = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+    if len(stamps) < 2:
+        raise RuntimeError(f"no recovery start/end lines in {log}")
+    return (stamps["end"] - stamps["start"]).total_seconds()
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Watch:
+    """Asks the broker and Redis how far an arm has got."""
+
+    def __init__(self, arm: str, bootstrap: str, redis: Redis, workload: Workload) -> None:
+        self.arm = arm
+        self.bootstrap = bootstrap
+        self.redis = redis
+        self.workload = workload
+        self._offsets: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> Watch:
+        self._offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
+        await self._offsets.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._offsets is not None:
+            await self._offsets.stop()
+
+    async def _output_count(self) -> int:
+        assert self._offsets is not None
+        ends = await self._offsets.end_offsets(
+            [TopicPartition(OUTPUT_TOPIC, p) for p in range(self.workload.partitions)]
+        )
+        return sum(ends.values())
+
+    async def leaders(self, topics: list[str]) -> None:
+        """Wait until every partition of new ``topics`` has a leader (no producer retries)."""
+        assert self._offsets is not None
+        wanted = [TopicPartition(t, p) for t in topics for p in range(self.workload.partitions)]
+        for _ in range(100):
+            try:
+                await self._offsets.end_offsets(wanted)
+                return
+            except KafkaError:
+                await asyncio.sleep(0.1)
+        raise RuntimeError("the new topics got no leaders within 10 s")
+
+    async def started(self) -> bool:
+        if self.arm == "floor":
+            return await self._output_count() > 0
+        return int(await self.redis.dbsize()) > 0
+
+    async def caught_up(self) -> bool:
+        """Has the arm applied the last record sent to every topic partition?"""
+        if self.arm == "floor":
+            return await self._output_count() >= self.workload.sent
+        finals = self.workload.final_versions()
+        names = list(finals)
+        documents = await self.redis.mget([KEY_PREFIX + name for name in names])
+        for name, document in zip(names, documents, strict=True):
+            if document is None or orjson.loads(document)["version"] < finals[name]:
+                return False
+        return True
+
+
+async def wait_until(check: Any, *, within: float, arm: Arm, every: float = 0.1) -> float | None:
+    """Poll ``check`` until true; the monotonic time it became true, or None on timeout."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        arm.check_alive()
+        if await check():
+            return time.monotonic()
+        await asyncio.sleep(every)
+    return None
+
+
+class Effects:
+    """Reads what an arm produces during a measured load, timing each arrival."""
+
+    def __init__(self, arm: str, bootstrap: str, redis_url: str, workload: Workload):
+        self.arm = arm
+        self.partitions = workload.partitions
+        channels = workload.channels
+        self.bootstrap = bootstrap
+        self.redis_url = redis_url
+        self.topics = [OUTPUT_TOPIC] if arm == "floor" else [f"triggers.{c}" for c in channels]
+        self.intended: dict[str, float] = {}
+        self.window = (0.0, 0.0)  # intended times measured: after the warm-up
+        self.latencies: list[float] = []
+        self.mirror: list[float] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def sent(self, record: Sent) -> None:
+        if self.window[0] <= record.intended <= self.window[1]:
+            self.intended[record.id] = record.intended
+
+    async def __aenter__(self) -> Effects:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
+        await consumer.start()
+        partitions = [TopicPartition(t, p) for t in self.topics for p in range(self.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_end()
+        for partition in partitions:
+            await consumer.position(partition)
+        self._tasks.append(asyncio.create_task(self._records(consumer)))
+        if self.arm != "floor":
+            redis = Redis.from_url(self.redis_url)
+            pubsub = redis.pubsub()
+            await pubsub.psubscribe(UPDATES_PREFIX + "*")
+            self._tasks.append(asyncio.create_task(self._updates(redis, pubsub)))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _records(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=100)
+                arrived = time.time()
+                for records in batches.values():
+                    for record in records:
+                        self._record(record.value, arrived)
+        finally:
+            await consumer.stop()
+
+    def _record(self, value: bytes | None, arrived: float) -> None:
+        if value is None:
+            return
+        document = orjson.loads(value)
+        cause = document["id"] if self.arm == "floor" else document["data"].get("caused_by")
+        intended = self.intended.get(cause) if cause is not None else None
+        if intended is not None:
+            self.latencies.append(arrived - intended)
+
+    async def _updates(self, redis: Redis, pubsub: Any) -> None:
+        low, high = self.window
+        try:
+            async for message in pubsub.listen():
+                if message["type"] != "pmessage":
+                    continue
+                arrived = time.time()
+                applied = datetime.fromisoformat(orjson.loads(message["data"])["last_event_at"])
+                moment = applied.timestamp()
+                if low <= moment <= high:
+                    self.mirror.append(arrived - moment)
+        finally:
+            await pubsub.aclose()
+            await redis.aclose()
+
+
+def quantiles_ms(values: list[float]) -> dict[str, float | None]:
+    def ms(q: float) -> float | None:
+        value = percentile(values, q)
+        return None if value is None else round(value * 1000, 2)
+
+    return {"p50": ms(0.5), "p99": ms(0.99), "p99.9": ms(0.999)}
+
+
+class Bench:
+    def __init__(self, plan: Plan, arms: list[str], workdir: Path) -> None:
+        self.plan = plan
+        self.arms = arms
+        self.workdir = workdir
+        self.results: list[RunResult] = []
+
+    async def run(self) -> None:
+        for rep in range(1, self.plan.repeat + 1):
+            for name in self.arms:
+                say(f"rep {rep}/{self.plan.repeat}: {name}")
+                self.results.append(await self.run_arm(name, rep))
+
+    def max_rate(self, name: str) -> float:
+        rates = [r.events_per_s for r in self.results if r.arm == name]
+        return statistics.median(rates)
+
+    async def run_arm(self, name: str, rep: int) -> RunResult:
+        services = stack()
+        services.down()
+        shutil.rmtree(services.root, ignore_errors=True)
+        endpoints = services.up()
+        app_id = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+        env = {
+            "NEXTBEST_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
+            "NEXTBEST_REDIS_URL": endpoints.redis_url,
+            "NEXTBEST_APP_ID": app_id,
+            "NEXTBEST_WORKER_PORT": str(WORKER_PORT),
+        }
+        settings = Settings(**{k.removeprefix("NEXTBEST_").lower(): v for k, v in env.items()})
+        await ensure_topics(settings)
+        await self._create(endpoints.kafka_bootstrap, OUTPUT_TOPIC, settings.topic_partitions)
+        journeys = Journeys(customers=self.plan.customers, seed=rep, channels=settings.channels)
+        workload = Workload(journeys, settings.channels, settings.topic_partitions)
+        redis = Redis.from_url(endpoints.redis_url)
+        arm = Arm(name, env, self.workdir)
+        try:
+            async with Watch(name, endpoints.kafka_bootstrap, redis, workload) as watch:
+                await watch.leaders([OUTPUT_TOPIC, *(f"events.{c}" for c in settings.channels)])
+                await preload(workload, endpoints.kafka_bootstrap, self.plan.events)
+                result = await self._drain(arm, watch, rep, services)
+                say(
+                    f"  {name}: {result.events_per_s:,.0f} events/s, "
+                    f"{result.cpu_s_per_1k:.3f} CPU-s/1k "
+                    f"(Kafka {result.kafka_cpu_s_per_1k:.3f}, "
+                    f"Redis {result.redis_cpu_s_per_1k:.3f})"
+                )
+                half = 0.5 * (self.max_rate(name) if rep > 1 else result.events_per_s)
+                loads = [(f"{r:,.0f}/s", r) for r in self.plan.rates]
+                loads += [("50% of max", round(half, -1))] if self.plan.half_load else []
+                for label, rate in loads if self.plan.loads else []:
+                    if rate > result.events_per_s:
+                        # latency at a load above the max only grows with the run's length
+                        result.loads.append(LoadResult.above_max(label, rate))
+                        say(f"  {name} at {rate:,.0f}/s: above its max, not run")
+                        continue
+                    load = await self._load(arm, watch, workload, endpoints, label, rate)
+                    result.loads.append(load)
+                    say(
+                        f"  {name} at {rate:,.0f}/s: latency {load.latency_ms} "
+                        f"(n={load.samples}), mirror {load.mirror_lag_ms}, "
+                        f"caught up {load.caught_up}"
+                    )
+                result.peak_rss_mb = round(peak_rss_bytes(arm.pid) / 2**20, 1)
+            arm.stop()
+            if name == "nextbest" and self.plan.loads:
+                result.recovery = await self._recovery(
+                    arm, endpoints.kafka_bootstrap, app_id, settings.topic_partitions
+                )
+                say(f"  recovery: {result.recovery}")
+        finally:
+            arm.stop()
+            await redis.aclose()
+            services.down()
+        return result
+
+    async def _create(self, bootstrap: str, topic: str, partitions: int) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, partitions, 1)])
+        finally:
+            await admin.close()
+
+    async def _drain(self, arm: Arm, watch: Watch, rep: int, services: DevStack) -> RunResult:
+        arm.start(self.workdir / f"data-{arm.name}-{rep}")
+        first = await wait_until(watch.started, within=120, arm=arm, every=0.02)
+        if first is None:
+            raise RuntimeError(f"{arm.name} produced nothing within 120 s")
+        cpu_first = cpu_seconds(arm.pid)
+        kafka, redis = services.kafka.service.pid(), services.redis.service.pid()
+        if kafka is None or redis is None:
+            raise RuntimeError("the bench's Kafka or Redis is not running")
+        kafka_first, redis_first = cpu_seconds(kafka), cpu_seconds(redis)
+        profiler = self._profile(arm, rep)
+        try:
+            done = await wait_until(watch.caught_up, within=1800, arm=arm, every=0.1)
+        finally:
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                profiler.wait(60)
+        if done is None:
+            raise RuntimeError(f"{arm.name} did not drain {self.plan.events} records in 30 min")
+        cpu = cpu_seconds(arm.pid) - cpu_first
+        kafka_cpu = cpu_seconds(kafka) - kafka_first
+        redis_cpu = cpu_seconds(redis) - redis_first
+        seconds = done - first
+        return RunResult(
+            arm=arm.name,
+            rep=rep,
+            events=self.plan.events,
+            drain_seconds=round(seconds, 2),
+            events_per_s=round(self.plan.events / seconds, 1),
+            cpu_s_per_1k=round(cpu / self.plan.events * 1000, 4),
+            kafka_cpu_s_per_1k=round(kafka_cpu / self.plan.events * 1000, 4),
+            redis_cpu_s_per_1k=round(redis_cpu / self.plan.events * 1000, 4),
+            first_output_after_s=round(first - arm.started_at, 2),
+        )
+
+    def _profile(self, arm: Arm, rep: int) -> subprocess.Popen[bytes] | None:
+        """With ``--profile``: py-spy samples the arm while it drains (collapsed stacks)."""
+        if not self.plan.profile:
+            return None
+        spy = Path(sys.executable).parent / "py-spy"
+        output = self.workdir / f"{arm.name}-{rep}.collapsed"
+        return subprocess.Popen(  # noqa: S603 - our own fixed command
+            [str(spy), "record", "--pid", str(arm.pid), "--format", "raw", "-o", str(output)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    async def _load(
+        self,
+        arm: Arm,
+        watch: Watch,
+        workload: Workload,
+        endpoints: Any,
+        label: str,
+        rate: float,
+    ) -> LoadResult:
+        effects = Effects(arm.name, endpoints.kafka_bootstrap, endpoints.redis_url, workload)
+        start = time.time()
+        effects.window = (start + self.plan.warmup, start + self.plan.warmup + self.plan.seconds)
+        sent_before = workload.sent
+        async with effects:
+            late = await open_loop(
+                workload,
+                endpoints.kafka_bootstrap,
+                rate=rate,
+                seconds=self.plan.warmup + self.plan.seconds,
+                on_sent=effects.sent,
+            )
+            finished = time.monotonic()
+            done = await wait_until(watch.caught_up, within=self.plan.catch_up, arm=arm)
+            await asyncio.sleep(0.5)  # the last triggers and publishes in flight
+        return LoadResult(
+            label=label,
+            offered=rate,
+            sent=workload.sent - sent_before,
+            sender_late_max_ms=round(late * 1000, 1),
+            caught_up=done is not None,
+            behind_after_s=None if done is None else round(done - finished, 2),
+            latency_ms=quantiles_ms(effects.latencies),
+            samples=len(effects.latencies),
+            mirror_lag_ms=quantiles_ms(effects.mirror),
+            mirror_samples=len(effects.mirror),
+        )
+
+    async def _recovery(
+        self, arm: Arm, bootstrap: str, app_id: str, partitions: int
+    ) -> dict[str, float]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            topic = changelog_topic(app_id)
+            changelog = [TopicPartition(topic, p) for p in range(partitions)]
+            ends = await consumer.end_offsets(changelog)
+            begins = await consumer.beginning_offsets(changelog)
+        finally:
+            await consumer.stop()
+        records = sum(ends.values()) - sum(begins.values())
+        arm.start(self.workdir / f"data-recovery-{uuid.uuid4().hex[:6]}")
+        became = await wait_until(
+            lambda: asyncio.to_thread(ready, WORKER_PORT), within=600, arm=arm
+        )
+        if became is None:
+            raise RuntimeError("the recovering worker was not ready within 600 s")
+        seconds = became - arm.started_at
+        arm.stop()
+        restoring = restore_seconds(arm.log_path)
+        return {
+            "records": records,
+            "seconds_to_ready": round(seconds, 2),
+            "restore_seconds": round(restoring, 2),
+            "records_per_s": round(records / restoring, 1),
+        }
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = 0
+    with contextlib.suppress(OSError):
+        memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(memory / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "note": "broker, Redis, arm and load generator all share these CPUs",
+    }
+
+
+def summarise(results: list[RunResult]) -> dict[str, Any]:
+    """Medians per arm over the repetitions."""
+    summary: dict[str, Any] = {}
+    for name in dict.fromkeys(r.arm for r in results):
+        runs = [r for r in results if r.arm == name]
+        entry: dict[str, Any] = {
+            "events_per_s": statistics.median(r.events_per_s for r in runs),
+            "events_per_s_range": [
+                min(r.events_per_s for r in runs),
+                max(r.events_per_s for r in runs),
+            ],
+            "kafka_cpu_s_per_1k": statistics.median(r.kafka_cpu_s_per_1k for r in runs),
+            "cpu_s_per_1k": statistics.median(r.cpu_s_per_1k for r in runs),
+            "peak_rss_mb": statistics.median(r.peak_rss_mb for r in runs),
+            "loads": [],
+        }
+        for index, first in enumerate(runs[0].loads):
+            loads = [r.loads[index] for r in runs if len(r.loads) > index]
+            entry["loads"].append(
+                {
+                    "label": first.label,
+                    "offered": statistics.median(x.offered for x in loads),
+                    "caught_up": all(x.caught_up for x in loads),
+                    **{
+                        f"{q}_ms": _median(x.latency_ms[q] for x in loads)
+                        for q in ("p50", "p99", "p99.9")
+                    },
+                    "mirror_p99_ms": _median(x.mirror_lag_ms["p99"] for x in loads),
+                    "samples": sum(x.samples for x in loads),
+                }
+            )
+        recoveries = [r.recovery for r in runs if r.recovery]
+        if recoveries:
+            entry["recovery_records_per_s"] = statistics.median(
+                x["records_per_s"] for x in recoveries
+            )
+            entry["recovery_records"] = statistics.median(x["records"] for x in recoveries)
+            entry["recovery_seconds_to_ready"] = statistics.median(
+                x["seconds_to_ready"] for x in recoveries
+            )
+        summary[name] = entry
+    return summary
+
+
+def _median(values: Iterator[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--quick", action="store_true", help="one short repetition")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window per load")
+    parser.add_argument("--profile", action="store_true", help="py-spy each arm's drain")
+    parser.add_argument(
+        "--drain-only", action="store_true", help="throughput only: no loads, no recovery"
+    )
+    parser.add_argument(
+        "--rates",
+        default="1000,5000",
+        help="fixed offered loads, events/s (50%% of each arm's max is added)",
+    )
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".dev" / "bench")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        parser.error(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
+    plan = Plan(
+        events=args.events if not args.quick else min(args.events, 20_000),
+        warmup=2.0 if args.quick else 5.0,
+        seconds=5.0 if args.quick else args.seconds,
+        repeat=1 if args.quick else args.repeat,
+        customers=20_000,
+        catch_up=60.0,
+        profile=args.profile,
+        loads=not args.drain_only,
+        rates=tuple(float(r) for r in args.rates.split(",") if r),
+    )
+    # the dedicated stack, for every stack() call
+    os.environ.update({**STACK_ENV, "NEXTBEST_DEV_DIR": str(args.workdir / "stack")})
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # retried metadata races
+    workdir = args.workdir / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    workdir.mkdir(parents=True)
+    bench = Bench(plan, arms, workdir)
+    started = time.monotonic()
+    try:
+        asyncio.run(bench.run())
+    finally:
+        stack().down()
+    report = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "plan": asdict(plan),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "summary": summarise(bench.results),
+        "runs": [asdict(r) for r in bench.results],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "quick" if args.quick else "latest"
+    (args.out / f"{name}.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    markdown = render(report)
+    (args.out / f"{name}.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

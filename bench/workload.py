@@ -1,0 +1,123 @@
+"""The benchmark's input: simulated journeys, sent backlogged or open-loop.
+
+Every arm gets the same records: the simulator's seeded journeys, keyed by
+customer id and sent to the customer's partition of ``events.<channel>``. The
+workload remembers how many events each customer has been sent and which was
+the last record on every topic partition, so the harness can tell when an arm
+has processed everything (each partition is processed in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from nextbest.adapters.stream import partition_for
+from nextbest.simulator.journeys import Journeys, SimulatedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What the harness needs to know about one record it sent."""
+
+    id: str
+    customer: str
+    intended: float  # wall-clock time the open-loop schedule wanted it sent
+
+
+@dataclass
+class Workload:
+    journeys: Journeys
+    channels: tuple[str, ...]
+    partitions: int
+    sent: int = 0
+    versions: Counter[str] = field(default_factory=Counter)
+    last: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    _stream: Iterator[SimulatedEvent] | None = None
+
+    def _next(self) -> SimulatedEvent:
+        if self._stream is None:
+            self._stream = self.journeys.events(1.0)  # offsets unused: the harness schedules
+        return next(self._stream)
+
+    def record(self, intended: float) -> tuple[str, int, bytes, bytes, Sent]:
+        """The next record (topic, partition, key, value) stamped with ``intended`` as its time."""
+        event = self._next()
+        event.document["time"] = datetime.fromtimestamp(intended, UTC).isoformat()
+        key = event.customer.encode()
+        topic = f"events.{event.channel}"
+        partition = partition_for(key, self.partitions)
+        self.sent += 1
+        self.versions[event.customer] += 1
+        self.last[(topic, partition)] = (event.customer, self.versions[event.customer])
+        sent = Sent(event.document["id"], event.customer, intended)
+        return topic, partition, key, orjson.dumps(event.document), sent
+
+    def final_versions(self) -> dict[str, int]:
+        """Customer -> the version its context has once every record sent is applied."""
+        return dict(self.last.values())
+
+
+def producer(bootstrap: str, *, linger_ms: int) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=linger_ms, max_batch_size=512 * 1024
+    )
+
+
+async def preload(workload: Workload, bootstrap: str, count: int) -> None:
+    """Send ``count`` records as fast as possible: the backlog an arm drains."""
+    kafka = producer(bootstrap, linger_ms=20)
+    await kafka.start()
+    try:
+        for _ in range(count):
+            topic, partition, key, value, _ = workload.record(time.time())
+            await kafka.send(topic, value, key=key, partition=partition)
+        await kafka.flush()
+    finally:
+        await kafka.stop()
+
+
+async def open_loop(
+    workload: Workload,
+    bootstrap: str,
+    *,
+    rate: float,
+    seconds: float,
+    on_sent: Callable[[Sent], None],
+) -> float:
+    """Send at ``rate``/s for ``seconds`` on a fixed schedule; return the worst lateness (s).
+
+    Record *i* is due at ``start + i / rate`` whatever the arm does, and its
+    intended time, not the moment it really left, is what latency is measured
+    from: a slow arm or a slow sender shows as latency, never as a lower rate.
+    """
+    kafka = producer(bootstrap, linger_ms=1)
+    await kafka.start()
+    worst = 0.0
+    try:
+        start = time.time() + 0.05
+        total = int(rate * seconds)
+        index = 0
+        while index < total:
+            now = time.time()
+            due_count = min(total, int((now - start) * rate) + 1)
+            if index >= due_count:
+                await asyncio.sleep(max(0.0, start + index / rate - now))
+                continue
+            worst = max(worst, now - (start + index / rate))
+            while index < due_count:
+                topic, partition, key, value, sent = workload.record(start + index / rate)
+                await kafka.send(topic, value, key=key, partition=partition)
+                on_sent(sent)
+                index += 1
+        await kafka.flush()
+    finally:
+        await kafka.stop()
+    return worst
