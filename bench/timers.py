@@ -131,6 +131,7 @@ async def run(customers: int, spread: float, seconds: float) -> None:
             earliest = index.next_due(partition)
             before_cpu = time.process_time()
             await handler.tick(partition)
+            handler.store_changes()
             tick_cpu.append(time.process_time() - before_cpu)
             fired_at = clock_now()
             if earliest is not None and earliest <= fired_at:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import ssl
 import sys
+import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import uvloop
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faust.streams import _current_event  # behind faust.current_event()
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -54,6 +56,8 @@ from nextbest.settings import Settings
 TABLE = "contexts"
 BLOCK_CACHE_BYTES = 32 * 1024 * 1024  # per partition; faust's default is 2 GiB
 TICK_INTERVAL = 0.25  # seconds between timer ticks per partition: deadlines fire within 1 s
+BATCH_MAX = 1000  # records per batch: one table (changelog) write per customer per batch
+BATCH_WITHIN = 0.005  # seconds a batch waits to fill: the most it adds to a trigger
 PRODUCER_LINGER = 0.005  # seconds: batches changelog and trigger records per request
 TICK_RETENTION_MS = 3_600_000  # ticks are worthless once handled
 log = logging.getLogger(__name__)
@@ -276,8 +280,11 @@ def build_worker(settings: Settings) -> Worker:
     )
 
     async def process(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await handler.handle(event.message)  # handle() catches everything it can
+        # take_events is on faust's Stream, not (yet) on its StreamT interface
+        assert isinstance(stream, faust.Stream)
+        # faust acknowledges a batch once this body returns: after its table writes
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
+            await handler.handle_batch(events, _enter_event)  # catches what it can
 
     app.agent(source, name="nextbest.events")(process)
 
@@ -306,6 +313,18 @@ def build_worker(settings: Settings) -> Worker:
     lag = _lag_updater(app, metrics, owned_partitions, handler.report_pending)
     app.timer(1.0, name="nextbest.consumer_lag")(_guarded("consumer lag", lag))
     return Worker(app, metrics, mirror, handler)
+
+
+def _enter_event(event: faust.EventT[bytes]) -> None:
+    """Make ``event`` faust's "current event" in this task, as stream iteration does.
+
+    faust reads and writes a table in the partition of the current event, which
+    ``take_events`` does not set in the agent's task. Only the context variable
+    behind ``faust.current_event()`` is set: the stream's own ``current_event``
+    attribute belongs to its iteration (``take_events`` reads it to collect the
+    next record), and setting it there mixed up records.
+    """
+    _current_event.set(weakref.ref(event))
 
 
 def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:

@@ -228,3 +228,51 @@ async def test_a_replayed_record_puts_its_deadline_back_in_the_index() -> None:
     assert len(h.handler._index) == 0
     await h.handler.handle(record("web", "cart.item_added", data=cart, id_="e-1"))
     assert len(h.handler._index) == 1
+
+
+class CountingTable(FakeTable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.writes.append(key)
+        super().__setitem__(key, value)
+
+
+@dataclass
+class FakeEvent:
+    message: FakeMessage
+
+
+async def test_a_batch_writes_each_changed_customer_once_as_of_its_last_record() -> None:
+    table = CountingTable()
+    h = harness(table)
+    events = [
+        FakeEvent(record("web", "session.started", "c-1", id_="e-1")),
+        FakeEvent(record("web", "session.started", "c-2", id_="e-2")),
+        FakeEvent(record("chat", "chat.started", "c-1", id_="e-3")),  # sees e-1's state
+        FakeEvent(record("chat", "chat.started", "c-1", id_="e-3")),  # a repeat: no change
+    ]
+    entered: list[FakeEvent] = []
+    await h.handler.handle_batch(events, entered.append)
+    assert sorted(table.writes) == [b"c-1", b"c-2"]
+    assert decode(table[b"c-1"]).context.version == 2
+    assert decode(table[b"c-2"]).context.version == 1
+    [switch] = h.triggers["chat"].sent
+    assert orjson.loads(switch["value"])["data"]["signal"] == "channel_switch"
+    # each record entered before it is handled, then each write in its last record's context
+    assert entered[:4] == events
+    assert sorted(entered[4:], key=id) == sorted([events[1], events[2]], key=id)
+
+
+async def test_a_failing_record_does_not_lose_the_batch_before_it() -> None:
+    table = CountingTable()
+    h = harness(table)
+    events = [
+        FakeEvent(record("web", "session.started", "c-1", id_="e-1")),
+        FakeEvent(FakeMessage("events.web", 0, 9, b"not json")),
+    ]
+    await h.handler.handle_batch(events)
+    assert table.writes == [b"c-1"]
+    assert len(h.deadletter.sent) == 1

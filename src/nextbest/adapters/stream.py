@@ -10,6 +10,13 @@ the customer id, or unkeyed) are forwarded once to ``<app id>-rekey`` on the
 customer's partition, so every customer's state lives on one partition of the
 ``contexts`` table whatever the producers do.
 
+Records come in batches (:meth:`EventHandler.handle_batch`): every record's
+effects (trigger, Redis document) go out as it is handled, but each customer's
+state is written to the table, and so to its changelog, once per batch. The
+agent acknowledges a batch only after that write, so a committed offset never
+runs ahead of the changelog; a crash mid-batch replays the batch (its triggers
+again, with the same ids).
+
 Absence timers ride the same stream: each worker sends a tick to
 ``<app id>-ticks`` for every partition it owns a few times a second, and the
 tick, handled in that partition's order like any event, fires the deadlines the
@@ -79,6 +86,21 @@ class Message(Protocol):
     key: bytes | None
     value: bytes | None
     headers: Any
+
+
+class Record(Protocol):
+    """A record as the agent hands it over (a faust event): its message."""
+
+    @property
+    def message(self) -> Message: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Single:
+    message: Message
+
+
+Enter = Callable[[Any], None]
 
 
 class Sender(Protocol):
@@ -179,9 +201,56 @@ class EventHandler:
         self._metrics = metrics
         self._partitions = partitions
         self._clock = clock
+        # customer key -> (state, its document if encoded, the record that changed it)
+        self._changed: dict[bytes, tuple[states.CustomerState, bytes | None, Any]] = {}
+        self._record: Any = None  # the record being handled
+
+    async def handle_batch(self, records: Iterable[Record], enter: Enter | None = None) -> None:
+        """Handle ``records`` in order, then write each changed customer's state once.
+
+        ``enter(record)`` makes ``record`` the one being handled (faust reads
+        and writes a table in the partition of its "current event"): called
+        before each record, and before each state is written, with the last
+        record that changed it.
+        """
+        try:
+            for record in records:
+                self._record = record
+                if enter is not None:
+                    enter(record)
+                await self._handle_record(record.message)
+        finally:
+            self._record = None
+            self.store_changes(enter)
 
     async def handle(self, message: Message) -> None:
-        """Process one record; never raises for anything a producer can send."""
+        """One record as a batch of its own."""
+        await self.handle_batch((_Single(message),))
+
+    def store_changes(self, enter: Enter | None = None) -> int:
+        """Write the batch's changed states to the table; how many were written."""
+        changed, self._changed = self._changed, {}
+        for key, (state, document, record) in changed.items():
+            if enter is not None:
+                enter(record)
+            self._table[key] = states.encode(state, document)
+        return len(changed)
+
+    def _change(self, key: bytes, state: states.CustomerState, document: bytes | None) -> None:
+        self._changed[key] = (state, document, self._record)
+
+    def _load(self, key: bytes) -> states.CustomerState | None:
+        pending = self._changed.get(key)
+        if pending is not None:
+            return pending[0]
+        raw = self._table.get(key)
+        return None if raw is None else states.decode(raw)
+
+    async def _handle_record(self, message: Message) -> None:
+        """Process one record; never raises for anything a producer can send.
+
+        Its state change stays in the batch until :meth:`store_changes`.
+        """
         if message.topic == self._tick_topic:
             try:
                 await self.tick(message.partition)
@@ -231,8 +300,7 @@ class EventHandler:
             await self._forward(message, headers, origin, key, home)
             return
         self._metrics.events.labels(origin.channel).inc()
-        raw = self._table.get(key)
-        outcome = self._engine.process(None if raw is None else states.decode(raw), event, now)
+        outcome = self._engine.process(self._load(key), event, now)
         wakeup = self._engine.next_wakeup(outcome.state)
         self._index.schedule(message.partition, key, wakeup)
         if not outcome.applied:
@@ -242,7 +310,7 @@ class EventHandler:
             return
         context = outcome.state.context
         document = states.encode_document(context)  # once: for the table and for Redis
-        self._table[key] = states.encode(outcome.state, document)
+        self._change(key, outcome.state, document)
         await self._emit(outcome, message.timestamp)
         self._mirror.submit(event.subject, context.version, document)
 
@@ -254,10 +322,10 @@ class EventHandler:
         """Fire the deadlines of ``partition`` that are due on the engine's clock."""
         now = self._clock()
         for key in self._index.pop_due(partition, now):
-            raw = self._table.get(key)
-            if raw is None:
+            loaded = self._load(key)
+            if loaded is None:
                 continue
-            state = states.decode(raw)
+            state = loaded
             fired = False
             while (outcome := self._engine.expire(state, now)) is not None:
                 state, fired = outcome.state, True
@@ -268,7 +336,7 @@ class EventHandler:
                         context.customer_id, context.version, states.encode_document(context)
                     )
             if fired:
-                self._table[key] = states.encode(state)
+                self._change(key, state, None)
             self._index.schedule(partition, key, self._engine.next_wakeup(state))
 
     def rebuild_index(self, partitions: Iterable[int]) -> None:
