@@ -119,11 +119,12 @@ class LoadResult:
     samples: int
     mirror_lag_ms: dict[str, float | None]
     mirror_samples: int
+    above_max: bool = False  # not run: the arm's measured max is lower
 
     @classmethod
-    def above_max(cls, label: str, rate: float) -> LoadResult:
+    def not_run(cls, label: str, rate: float) -> LoadResult:
         none: dict[str, float | None] = {"p50": None, "p99": None, "p99.9": None}
-        return cls(label, rate, 0, 0.0, False, None, none, 0, none, 0)
+        return cls(label, rate, 0, 0.0, False, None, none, 0, none, 0, above_max=True)
 
 
 @dataclass
@@ -424,7 +425,7 @@ class Bench:
                 for label, rate in loads if self.plan.loads else []:
                     if rate > result.events_per_s:
                         # latency at a load above the max only grows with the run's length
-                        result.loads.append(LoadResult.above_max(label, rate))
+                        result.loads.append(LoadResult.not_run(label, rate))
                         say(f"  {name} at {rate:,.0f}/s: above its max, not run")
                         continue
                     load = await self._load(arm, watch, workload, endpoints, label, rate)
@@ -612,6 +613,7 @@ def summarise(results: list[RunResult]) -> dict[str, Any]:
                     "label": first.label,
                     "offered": statistics.median(x.offered for x in loads),
                     "caught_up": all(x.caught_up for x in loads),
+                    "above_max": any(x.above_max for x in loads),
                     **{
                         f"{q}_ms": _median(x.latency_ms[q] for x in loads)
                         for q in ("p50", "p99", "p99.9")
@@ -663,7 +665,7 @@ def main() -> None:
         parser.error(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
     plan = Plan(
         events=args.events if not args.quick else min(args.events, 20_000),
-        warmup=2.0 if args.quick else 5.0,
+        warmup=5.0,
         seconds=5.0 if args.quick else args.seconds,
         repeat=1 if args.quick else args.repeat,
         customers=20_000,

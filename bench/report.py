@@ -11,6 +11,12 @@ def _number(value: float | None, digits: int = 0, unit: str = "") -> str:
     return f"{value:,.{digits}f}{unit}"
 
 
+def _fate(caught_up: bool, above_max: bool | None) -> str:
+    if above_max:
+        return " (above its max: not run)"
+    return "" if caught_up else " (fell behind)"
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
@@ -66,7 +72,7 @@ def render(report: dict[str, Any]) -> str:
                 return summary[arm]["loads"][i].get(key)
 
             offered = [
-                _number(load(a, "offered")) + ("" if load(a, "caught_up") else " (fell behind)")
+                _number(load(a, "offered")) + _fate(load(a, "caught_up"), load(a, "above_max"))
                 for a in arms
             ]
             row(f"load {label}: offered events/s", offered)
