@@ -276,3 +276,25 @@ async def test_a_failing_record_does_not_lose_the_batch_before_it() -> None:
     await h.handler.handle_batch(events)
     assert table.writes == [b"c-1"]
     assert len(h.deadletter.sent) == 1
+
+
+class RefusingTable(CountingTable):
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        if key == b"c-1":
+            raise OSError("disk full")
+        super().__setitem__(key, value)
+
+
+async def test_a_failed_state_write_is_logged_and_the_others_still_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    table = RefusingTable()
+    h = harness(table)
+    events = [
+        FakeEvent(record("web", "session.started", "c-1", id_="e-1")),
+        FakeEvent(record("web", "session.started", "c-2", id_="e-2")),
+    ]
+    await h.handler.handle_batch(events)
+    assert table.writes == [b"c-2"]
+    assert "could not store a customer's state (OSError)" in caplog.text
+    assert "c-1" not in caplog.text

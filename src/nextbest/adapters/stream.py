@@ -228,13 +228,24 @@ class EventHandler:
         await self.handle_batch((_Single(message),))
 
     def store_changes(self, enter: Enter | None = None) -> int:
-        """Write the batch's changed states to the table; how many were written."""
+        """Write the batch's changed states to the table; how many were written.
+
+        A failed write is logged at ERROR and the others still go, as a failed
+        write of one record was before batching: the batch is acknowledged and
+        that customer's change is missing from the table (Redis has it). An
+        exception escaping here would kill the agent.
+        """
         changed, self._changed = self._changed, {}
+        written = 0
         for key, (state, document, record) in changed.items():
-            if enter is not None:
-                enter(record)
-            self._table[key] = states.encode(state, document)
-        return len(changed)
+            try:
+                if enter is not None:
+                    enter(record)
+                self._table[key] = states.encode(state, document)
+                written += 1
+            except Exception as error:
+                log_failure(log, error, "could not store a customer's state")
+        return written
 
     def _change(self, key: bytes, state: states.CustomerState, document: bytes | None) -> None:
         self._changed[key] = (state, document, self._record)
