@@ -11,6 +11,7 @@ import asyncio
 import logging
 import ssl
 import sys
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -35,6 +36,7 @@ from prometheus_client import (
 from redis.asyncio import Redis
 
 from nextbest.adapters.projection import RedisMirror
+from nextbest.adapters.recovery import RecoveryWatch
 from nextbest.adapters.stream import (
     DEADLETTER_TOPIC,
     EventHandler,
@@ -60,6 +62,7 @@ BATCH_MAX = 1000  # records per batch: one table (changelog) write per customer 
 BATCH_WITHIN = 0.005  # seconds a batch waits to fill: the most it adds to a trigger
 PRODUCER_LINGER = 0.005  # seconds: batches changelog and trigger records per request
 TICK_RETENTION_MS = 3_600_000  # ticks are worthless once handled
+RECOVERY_STALL_AFTER = 10.0  # seconds a partition's restore may stand still before a re-read
 log = logging.getLogger(__name__)
 
 
@@ -312,6 +315,8 @@ def build_worker(settings: Settings) -> Worker:
     _add_pages(app, metrics)
     lag = _lag_updater(app, metrics, owned_partitions, handler.report_pending)
     app.timer(1.0, name="nextbest.consumer_lag")(_guarded("consumer lag", lag))
+    # not an app.timer: faust starts those only once the first recovery is done
+    app.add_dependency(_every_second(_guarded("recovery watch", _recovery_watcher(app))))
     return Worker(app, metrics, mirror, handler)
 
 
@@ -394,6 +399,54 @@ def _lag_updater(
         metrics.ready.set(1 if _readiness(app)["ready"] else 0)
 
     return update_lag
+
+
+def _every_second(work: Callable[[], Awaitable[None]]) -> mode.Service:
+    class EverySecond(mode.Service):
+        """Started with the app's own services, before its first table recovery."""
+
+        @mode.Service.timer(1.0)
+        async def _tick(self) -> None:
+            await work()
+
+    return EverySecond()
+
+
+def _recovery_watcher(app: faust.App) -> Callable[[], Awaitable[None]]:
+    """Seek a partition whose table restore stands still back to where it stands.
+
+    See :mod:`nextbest.adapters.recovery`: faust's restore can wait forever on
+    a partition it received nothing for; reading it again unblocks it.
+    """
+    watch: RecoveryWatch[Any] = RecoveryWatch(RECOVERY_STALL_AFTER)
+
+    async def check() -> None:
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        if not recovery.in_recovery:
+            watch.clear()
+            return
+        behind = {}
+        for tp, highwater in recovery.active_highwaters.items():
+            offset = recovery.active_offsets.get(tp)
+            if highwater is not None and offset is not None and highwater > offset:
+                behind[tp] = (offset, highwater)
+        for stall in watch.stalled(behind, time.monotonic()):
+            tp = stall.partition
+            position = await app.consumer.position(tp)
+            log.warning(
+                "table restore of %s[%d] made no progress for %.0f s (restored to offset %d "
+                "of %d, fetch position %s): reading it again from there",
+                tp.topic,
+                tp.partition,
+                stall.seconds,
+                stall.offset,
+                stall.highwater,
+                position,
+            )
+            app.consumer.resume_partitions({tp})
+            await app.consumer.seek_wait({tp: max(stall.offset, 0)})
+
+    return check
 
 
 def _guarded(name: str, work: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
