@@ -2,12 +2,16 @@
 
 :class:`WorkerProcess` starts the worker as users do (``python -m nextbest.cli
 worker`` with settings in the environment) under its own consumer group, so
-each test module gets fresh offsets and a fresh changelog.
+each test gets fresh offsets and a fresh changelog. A new group would read
+``events.<channel>`` from the beginning, every earlier test's events included;
+so before a new group's first start its offsets are set to the end of those
+topics, and the worker sees only what its test sends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -17,15 +21,18 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
+
+from nextbest.core.envelope import DEFAULT_CHANNELS
 
 
 def free_port() -> int:
@@ -52,12 +59,16 @@ class WorkerProcess:
     process: subprocess.Popen[bytes] | None = None
     runs: int = 0
     command: str = "worker"
+    # False when joining a group another WorkerProcess started (its offsets are set)
+    new_group: bool = True
 
     @property
     def log_path(self) -> Path:
         return self.workdir / f"{self.app_id}-{self.command}-{self.runs}.log"
 
     def start(self, *, data_dir: Path | None = None, ready_within: float = 90.0) -> None:
+        if self.runs == 0 and self.new_group and self.command == "worker":
+            _in_thread(start_at_end(self.bootstrap, self.app_id))
         self.runs += 1
         self.data_dir = data_dir or self.workdir / f"data-{self.runs}"
         env = {
@@ -134,6 +145,40 @@ class WorkerProcess:
             return "(no log)"
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
+
+
+def _in_thread(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to completion from sync code, also inside a running event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, work).result()
+
+
+async def start_at_end(bootstrap: str, group: str) -> None:
+    """Commit ``group``'s offsets at the current end of every ``events.<channel>`` topic."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        topics = [f"events.{c}" for c in DEFAULT_CHANNELS if f"events.{c}" in existing]
+        described = await admin.describe_topics(topics) if topics else []
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        for partition in topic["partitions"]
+    ]
+    if not partitions:  # a new broker: nothing to skip
+        return
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.commit(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
 
 
 def cloudevent(

@@ -98,7 +98,9 @@ async def test_a_stopped_workers_deadlines_fire_on_the_other(
     first = WorkerProcess(kafka_bootstrap, redis_url, tmp_path / "a", env=env)
     first.workdir.mkdir()
     first.start()
-    second = WorkerProcess(kafka_bootstrap, redis_url, tmp_path / "b", app_id=first.app_id, env=env)
+    second = WorkerProcess(
+        kafka_bootstrap, redis_url, tmp_path / "b", app_id=first.app_id, env=env, new_group=False
+    )
     second.workdir.mkdir()
     try:
         second.start()
