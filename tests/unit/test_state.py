@@ -221,3 +221,26 @@ def test_version_counts_applied_events_and_never_goes_back(events: list[Event]) 
         seen.add(item.id)
     assert state.context.version == len(events)
     assert all(i.qty >= 1 for i in state.context.cart.items)
+
+
+def test_apply_carries_every_field_it_does_not_change() -> None:
+    """apply() and _with_activity() build their results field by field (for speed):
+    a new field must be added there too, or it is silently reset by every event."""
+    from dataclasses import fields, replace
+
+    from nextbest.core.context import Consent, Context
+
+    consent = Consent(email=True)
+    before = run(event("consent.updated", data={"email": True}))
+    before = replace(before, last_fired={"x": T0}, fired={"y": T0})
+    after = run(event("page.viewed", minute=2, data={"page_type": "home"}, id_="e-9"), state=before)
+    assert after.context.consent == consent
+    assert (after.last_fired, after.fired) == (before.last_fired, before.fired)
+    assert [f.name for f in fields(CustomerState)] == [
+        "context", "seen_ids", "zero_searches", "product_viewed_at", "last_fired", "fired",
+    ]  # fmt: skip
+    assert [f.name for f in fields(Context)] == [
+        "customer_id", "version", "updated_at", "last_event_at", "current_channel", "channels",
+        "journey", "cart", "checkout", "recent_searches", "recent_products", "consent",
+        "last_triggers",
+    ]  # fmt: skip

@@ -98,14 +98,22 @@ def _with_activity(context: Context, event: Event, now: datetime) -> Context:
     journey = context.journey
     if event.channel != context.current_channel:
         journey = (*journey, JourneySegment(event.channel, event.time))[-JOURNEY_KEPT:]
-    return replace(
-        context,
+    # every field spelled out: this runs once per event, and dataclasses.replace
+    # introspects the fields on each call (twice the cost)
+    return Context(
+        customer_id=context.customer_id,
         version=context.version + 1,
         updated_at=now,
         last_event_at=_later(context.last_event_at, event.time),
         current_channel=event.channel,
         channels=channels,
         journey=journey,
+        cart=context.cart,
+        checkout=context.checkout,
+        recent_searches=context.recent_searches,
+        recent_products=context.recent_products,
+        consent=context.consent,
+        last_triggers=context.last_triggers,
     )
 
 
@@ -162,12 +170,13 @@ def apply(
     product_viewed_at = state.product_viewed_at
     if event.type == "product.viewed":
         product_viewed_at = _later(product_viewed_at, event.time)
-    return replace(
-        state,
+    return CustomerState(
         context=context,
         seen_ids=(*state.seen_ids, event.id)[-SEEN_KEPT:],
         zero_searches=zero_searches,
         product_viewed_at=product_viewed_at,
+        last_fired=state.last_fired,
+        fired=state.fired,
     )
 
 
