@@ -35,6 +35,7 @@ from prometheus_client import (
 )
 from redis.asyncio import Redis
 
+from nextbest.adapters.cache import StateCache
 from nextbest.adapters.projection import RedisMirror
 from nextbest.adapters.recovery import RecoveryWatch
 from nextbest.adapters.stream import (
@@ -280,6 +281,7 @@ def build_worker(settings: Settings) -> Worker:
         metrics=metrics,
         partitions=partitions,
         clock=_clock,
+        cache=StateCache(settings.state_cache_size),
     )
 
     async def process(stream: faust.StreamT[bytes]) -> None:
@@ -295,6 +297,7 @@ def build_worker(settings: Settings) -> Worker:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == ticks}
 
     async def rebuild_index() -> None:
+        handler.forget_states()  # partitions moved: another worker may have changed some
         try:
             handler.rebuild_index(owned_partitions())
         except Exception as error:  # deadlines then fire once events touch them again

@@ -76,6 +76,16 @@ class Metrics:
             "Context documents waiting to be written to Redis.",
             registry=registry,
         )
+        self.state_cache_hits = Counter(
+            "nextbest_state_cache_hits",
+            "Customer states found decoded in memory, without reading the table.",
+            registry=registry,
+        )
+        self.state_cache_misses = Counter(
+            "nextbest_state_cache_misses",
+            "Customer states read from the table (RocksDB) and decoded.",
+            registry=registry,
+        )
         self.timers_pending = Gauge(
             "nextbest_timers_pending",
             "Customers with an absence deadline pending on this worker.",

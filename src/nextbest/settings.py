@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BeforeValidator,
     Field,
+    NonNegativeInt,
     PositiveInt,
     SecretStr,
     ValidationError,
@@ -82,6 +83,9 @@ class Settings(BaseSettings):
     api_max_request_bytes: PositiveInt = 16384
     api_keepalive: Duration = timedelta(seconds=15)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Decoded customer states a worker keeps in memory between batches (about
+    # 4 KB each, up to ~20 KB for a very busy customer); 0 turns the cache off.
+    state_cache_size: NonNegativeInt = 20_000
 
     # How long the group waits for a worker that stopped answering before its
     # partitions (and their deadlines) move to the others.

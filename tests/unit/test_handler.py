@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from nextbest.adapters.cache import StateCache
 from nextbest.adapters.projection import RedisMirror
 from nextbest.adapters.stream import EventHandler, partition_for
 from nextbest.core.config import EngineConfig
@@ -20,7 +21,7 @@ from nextbest.core.engine import Engine
 from nextbest.core.envelope import DEFAULT_CHANNELS
 from nextbest.core.rules import load_rules
 from nextbest.core.schedule import DueIndex
-from nextbest.core.state import decode
+from nextbest.core.state import decode, encode
 from nextbest.metrics import Metrics
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -73,7 +74,11 @@ class Harness:
     metrics: Metrics
 
 
-def harness(table: FakeTable | None = None, deadletter: FakeTopic | None = None) -> Harness:
+def harness(
+    table: FakeTable | None = None,
+    deadletter: FakeTopic | None = None,
+    cache: StateCache | None = None,
+) -> Harness:
     rules_text = resources.files("nextbest").joinpath("default_rules.toml").read_text()
     metrics = Metrics(CollectorRegistry())
     table = FakeTable() if table is None else table
@@ -95,6 +100,7 @@ def harness(table: FakeTable | None = None, deadletter: FakeTopic | None = None)
         metrics=metrics,
         partitions=PARTITIONS,
         clock=lambda: NOW,
+        cache=cache,
     )
     return Harness(handler, table, triggers, deadletter, rekey, mirror, metrics)
 
@@ -298,3 +304,60 @@ async def test_a_failed_state_write_is_logged_and_the_others_still_go(
     assert table.writes == [b"c-2"]
     assert "could not store a customer's state (OSError)" in caplog.text
     assert "c-1" not in caplog.text
+
+
+class ReadCountingTable(CountingTable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[bytes] = []
+
+    def get(self, key: bytes, default: Any = None) -> bytes | None:
+        self.reads.append(key)
+        return super().get(key, default)
+
+
+async def test_a_cached_customer_is_not_read_from_the_table_again() -> None:
+    table = ReadCountingTable()
+    h = harness(table, cache=StateCache(10))
+    await h.handler.handle(record("web", "session.started", id_="e-1"))
+    await h.handler.handle(record("chat", "chat.started", id_="e-2"))
+    assert table.reads == [b"c-1"]  # the first event found nothing; the second used the cache
+    assert sample(h.metrics, "nextbest_state_cache_hits_total") == 1
+    assert sample(h.metrics, "nextbest_state_cache_misses_total") == 1
+    assert decode(table[b"c-1"]).context.version == 2
+    assert len(h.triggers["chat"].sent) == 1  # the switch was seen from the cached state
+
+
+async def test_forgetting_states_reads_the_table_again() -> None:
+    table = ReadCountingTable()
+    h = harness(table, cache=StateCache(10))
+    await h.handler.handle(record("web", "session.started", id_="e-1"))
+    # another worker changed this customer while its partition was away
+    state = decode(table[b"c-1"])
+    moved = replace(state, context=replace(state.context, version=7))
+    dict.__setitem__(table, b"c-1", encode(moved))
+    h.handler.forget_states()
+    await h.handler.handle(record("web", "page.viewed", data={"page_type": "home"}, id_="e-2"))
+    assert table.reads == [b"c-1", b"c-1"]
+    assert decode(table[b"c-1"]).context.version == 8
+
+
+class FlakyTable(CountingTable):
+    refuse = False
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        if self.refuse:
+            raise OSError("disk full")
+        super().__setitem__(key, value)
+
+
+async def test_a_failed_state_write_leaves_no_cached_state_behind() -> None:
+    table = FlakyTable()
+    h = harness(table, cache=StateCache(10))
+    await h.handler.handle(record("web", "session.started", id_="e-1"))
+    table.refuse = True
+    await h.handler.handle(record("web", "page.viewed", data={"page_type": "home"}, id_="e-2"))
+    table.refuse = False
+    await h.handler.handle(record("web", "page.viewed", data={"page_type": "home"}, id_="e-3"))
+    # e-2 never reached the table: e-3 applies to what the table holds, as without a cache
+    assert decode(table[b"c-1"]).context.version == 2

@@ -93,11 +93,22 @@ class RedisMirror:
     def pending(self) -> int:
         return len(self._pending)
 
-    def submit(self, customer_id: str, version: int, document: bytes) -> None:
-        """Queue ``document`` for Redis; never waits. A newer submit replaces an older one."""
+    def submit(
+        self, customer_id: str, version: int, document: bytes, *, applied_at: float | None = None
+    ) -> None:
+        """Queue ``document`` for Redis; never waits. A newer submit replaces an older one.
+
+        ``applied_at`` (``time.time()``, default now) is when the change was
+        applied; the mirror lag is measured from the oldest change a write
+        carries, so replacing a pending document keeps the older time.
+        """
+        applied = time.time() if applied_at is None else applied_at
         current = self._pending.get(customer_id)
-        if current is None or current.version <= version:
-            self._pending[customer_id] = _Pending(version, document, time.time())
+        if current is None:
+            self._pending[customer_id] = _Pending(version, document, applied)
+        elif current.version <= version:
+            oldest = min(current.applied_at, applied)
+            self._pending[customer_id] = _Pending(version, document, oldest)
         self._idle.clear()
         self._wakeup.set()
 

@@ -10,12 +10,14 @@ the customer id, or unkeyed) are forwarded once to ``<app id>-rekey`` on the
 customer's partition, so every customer's state lives on one partition of the
 ``contexts`` table whatever the producers do.
 
-Records come in batches (:meth:`EventHandler.handle_batch`): every record's
-effects (trigger, Redis document) go out as it is handled, but each customer's
-state is written to the table, and so to its changelog, once per batch. The
-agent acknowledges a batch only after that write, so a committed offset never
-runs ahead of the changelog; a crash mid-batch replays the batch (its triggers
-again, with the same ids).
+Records come in batches (:meth:`EventHandler.handle_batch`): a record's
+trigger goes out as it is handled, but each changed customer is encoded,
+written to the table (and so to its changelog) and handed to the Redis mirror
+once per batch, with its newest state. The agent acknowledges a batch only
+after that write, so a committed offset never runs ahead of the changelog; a
+crash mid-batch replays the batch (its triggers again, with the same ids).
+Decoded states stay in a :class:`~nextbest.adapters.cache.StateCache` between
+batches, so a customer's next event seldom decodes its state again.
 
 Absence timers ride the same stream: each worker sends a tick to
 ``<app id>-ticks`` for every partition it owns a few times a second, and the
@@ -36,6 +38,7 @@ from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 
+from nextbest.adapters.cache import StateCache
 from nextbest.adapters.projection import RedisMirror
 from nextbest.core import state as states
 from nextbest.core import triggers as trigger_codec
@@ -98,6 +101,16 @@ class Record(Protocol):
 @dataclass(frozen=True, slots=True)
 class _Single:
     message: Message
+
+
+@dataclass(slots=True)
+class _Change:
+    """A customer changed in this batch: its newest state, the record that made it,
+    and when its oldest change not yet stored was applied (``time.time()``)."""
+
+    state: states.CustomerState
+    record: Any
+    applied_at: float
 
 
 Enter = Callable[[Any], None]
@@ -188,6 +201,7 @@ class EventHandler:
         metrics: Metrics,
         partitions: int,
         clock: Clock,
+        cache: StateCache | None = None,
     ) -> None:
         self._engine = engine
         self._table = table
@@ -201,8 +215,8 @@ class EventHandler:
         self._metrics = metrics
         self._partitions = partitions
         self._clock = clock
-        # customer key -> (state, its document if encoded, the record that changed it)
-        self._changed: dict[bytes, tuple[states.CustomerState, bytes | None, Any]] = {}
+        self._cache = cache if cache is not None else StateCache(0)
+        self._changed: dict[bytes, _Change] = {}  # by customer key, in this batch
         self._record: Any = None  # the record being handled
 
     async def handle_batch(self, records: Iterable[Record], enter: Enter | None = None) -> None:
@@ -228,34 +242,59 @@ class EventHandler:
         await self.handle_batch((_Single(message),))
 
     def store_changes(self, enter: Enter | None = None) -> int:
-        """Write the batch's changed states to the table; how many were written.
+        """Store the batch's changed customers; how many reached the table.
 
-        A failed write is logged at ERROR and the others still go, as a failed
-        write of one record was before batching: the batch is acknowledged and
-        that customer's change is missing from the table (Redis has it). An
-        exception escaping here would kill the agent.
+        Each is encoded once: the document goes to the Redis mirror, the state
+        to the table. A failed write is logged at ERROR and the others still
+        go, as a failed write of one record was before batching: the batch is
+        acknowledged and that customer's change is missing from the table
+        (Redis has it). An exception escaping here would kill the agent.
         """
         changed, self._changed = self._changed, {}
         written = 0
-        for key, (state, document, record) in changed.items():
+        for key, change in changed.items():
+            state = change.state
             try:
+                document = states.encode_document(state.context)
+                context = state.context
+                self._mirror.submit(
+                    context.customer_id, context.version, document, applied_at=change.applied_at
+                )
                 if enter is not None:
-                    enter(record)
+                    enter(change.record)
                 self._table[key] = states.encode(state, document)
+                self._cache.put(key, state)
                 written += 1
-            except Exception as error:
+            except Exception as error:  # the cache still holds what the table holds
                 log_failure(log, error, "could not store a customer's state")
         return written
 
-    def _change(self, key: bytes, state: states.CustomerState, document: bytes | None) -> None:
-        self._changed[key] = (state, document, self._record)
+    def forget_states(self) -> None:
+        """Drop the decoded states kept between batches: partitions moved."""
+        self._cache.clear()
+
+    def _change(self, key: bytes, state: states.CustomerState) -> None:
+        known = self._changed.get(key)
+        if known is None:
+            self._changed[key] = _Change(state, self._record, time.time())
+        else:
+            known.state, known.record = state, self._record
 
     def _load(self, key: bytes) -> states.CustomerState | None:
         pending = self._changed.get(key)
         if pending is not None:
-            return pending[0]
+            return pending.state
+        state = self._cache.get(key)
+        if state is not None:
+            self._metrics.state_cache_hits.inc()
+            return state
+        self._metrics.state_cache_misses.inc()
         raw = self._table.get(key)
-        return None if raw is None else states.decode(raw)
+        if raw is None:
+            return None
+        state = states.decode(raw)
+        self._cache.put(key, state)
+        return state
 
     async def _handle_record(self, message: Message) -> None:
         """Process one record; never raises for anything a producer can send.
@@ -319,11 +358,8 @@ class EventHandler:
             # uncommitted records replayed: they put their deadlines back in the index
             self._metrics.duplicates.labels(origin.channel).inc()
             return
-        context = outcome.state.context
-        document = states.encode_document(context)  # once: for the table and for Redis
-        self._change(key, outcome.state, document)
+        self._change(key, outcome.state)
         await self._emit(outcome, message.timestamp)
-        self._mirror.submit(event.subject, context.version, document)
 
     def report_pending(self, partitions: Iterable[int]) -> None:
         """Set ``nextbest_timers_pending`` to the deadlines of the partitions owned now."""
@@ -342,12 +378,8 @@ class EventHandler:
                 state, fired = outcome.state, True
                 if outcome.trigger is not None:
                     await self._emit(outcome, outcome.trigger.moment.timestamp())
-                    context = state.context
-                    self._mirror.submit(
-                        context.customer_id, context.version, states.encode_document(context)
-                    )
             if fired:
-                self._change(key, state, None)
+                self._change(key, state)
             self._index.schedule(partition, key, self._engine.next_wakeup(state))
 
     def rebuild_index(self, partitions: Iterable[int]) -> None:
