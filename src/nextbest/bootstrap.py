@@ -58,6 +58,10 @@ from nextbest.settings import Settings
 
 TABLE = "contexts"
 BLOCK_CACHE_BYTES = 32 * 1024 * 1024  # per partition; faust's default is 2 GiB
+# per partition, at most MEMTABLES x WRITE_BUFFER_BYTES of writes in memory before a
+# flush; faust's defaults (3 x 64 MiB) allow 1.5 GiB over 8 partitions
+WRITE_BUFFER_BYTES = 16 * 1024 * 1024
+MEMTABLES = 2
 TICK_INTERVAL = 0.25  # seconds between timer ticks per partition: deadlines fire within 1 s
 BATCH_MAX = 1000  # records per batch: one table (changelog) write per customer per batch
 BATCH_WITHIN = 0.005  # seconds a batch waits to fill: the most it adds to a trigger
@@ -265,7 +269,11 @@ def build_worker(settings: Settings) -> Worker:
         partitions=partitions,
         key_type=bytes,  # bytes in and out: the core encodes its own state
         value_type=bytes,
-        options={"block_cache_size": BLOCK_CACHE_BYTES},
+        options={
+            "block_cache_size": BLOCK_CACHE_BYTES,
+            "write_buffer_size": WRITE_BUFFER_BYTES,
+            "max_write_buffer_number": MEMTABLES,
+        },
     )
     mirror = RedisMirror(redis_client(settings), metrics, ttl=settings.context_ttl)
     handler = EventHandler(
