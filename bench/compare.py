@@ -17,9 +17,14 @@ nothing of yours is touched and no arm inherits another's data):
    is measured from that intended time to the moment the harness reads the
    effect: the output record (floor) or the trigger whose ``caused_by`` is that
    record (nextbest, Quix). Mirror lag is from the newest applied record's
-   intended time to the moment its context document is published by Redis.
-   A warm-up precedes each measured window; a load the arm cannot keep up
-   with is reported as such, with how far behind it ended.
+   intended time to the moment its context document is published by Redis;
+   for nextbest also from the worker's own histogram
+   (``nextbest_context_mirror_lag_seconds``: change applied -> Redis ack,
+   the contract's 50 ms), read from /metrics before and after the window.
+   Each load starts once the arm and the broker are idle again (after a
+   drain, RocksDB flushes and the like go on for seconds), then a warm-up
+   precedes the measured window; a load the arm cannot keep up with is
+   reported as such, with how far behind it ended.
 3. **Changelog recovery** (nextbest): a new worker with an empty data dir
    restores the table; records restored / seconds to ready.
 
@@ -120,6 +125,9 @@ class LoadResult:
     mirror_lag_ms: dict[str, float | None]
     mirror_samples: int
     above_max: bool = False  # not run: the arm's measured max is lower
+    settled_after_s: float | None = None  # how long the arm took to go idle before the load
+    # nextbest's own mirror-lag histogram over the window: the bucket bound holding its p99
+    worker_mirror_p99_ms: float | None = None
 
     @classmethod
     def not_run(cls, label: str, rate: float) -> LoadResult:
@@ -364,6 +372,39 @@ class Effects:
             await redis.aclose()
 
 
+class MirrorHistogram:
+    """The worker's ``nextbest_context_mirror_lag_seconds`` buckets, from its /metrics."""
+
+    NAME = "nextbest_context_mirror_lag_seconds_bucket"
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+
+    def read(self) -> dict[float, float]:
+        """Cumulative count per bucket upper bound (seconds)."""
+        with urllib.request.urlopen(self.url, timeout=5) as answer:  # noqa: S310 - our http URL
+            text = answer.read().decode()
+        buckets: dict[float, float] = {}
+        for line in text.splitlines():
+            if line.startswith(self.NAME + "{"):
+                labels, value = line.rsplit(" ", 1)
+                bound = labels.split('le="', 1)[1].split('"', 1)[0]
+                buckets[float(bound)] = float(value)
+        return buckets
+
+    @staticmethod
+    def p99_ms(start: dict[float, float], end: dict[float, float]) -> float | None:
+        """The upper bound (ms) of the bucket that holds the window's 99th percentile."""
+        counts = sorted((bound, end[bound] - start.get(bound, 0.0)) for bound in end)
+        if not counts or counts[-1][1] <= 0:
+            return None
+        total = counts[-1][1]
+        for bound, cumulative in counts:
+            if cumulative >= 0.99 * total:
+                return None if bound == float("inf") else round(bound * 1000, 1)
+        return None
+
+
 def quantiles_ms(values: list[float]) -> dict[str, float | None]:
     def ms(q: float) -> float | None:
         value = percentile(values, q)
@@ -428,7 +469,9 @@ class Bench:
                         result.loads.append(LoadResult.not_run(label, rate))
                         say(f"  {name} at {rate:,.0f}/s: above its max, not run")
                         continue
+                    settled = await self._settle(arm, services)
                     load = await self._load(arm, watch, workload, endpoints, label, rate)
+                    load.settled_after_s = settled
                     result.loads.append(load)
                     say(
                         f"  {name} at {rate:,.0f}/s: latency {load.latency_ms} "
@@ -503,6 +546,23 @@ class Bench:
             stderr=subprocess.DEVNULL,
         )
 
+    async def _settle(self, arm: Arm, services: DevStack, within: float = 30.0) -> float | None:
+        """Wait for a second in which the arm used under 10 % of a CPU and the broker
+        under 25 % (idle, a worker's timer ticks use 3-8 %, a broker 2-15 % here).
+
+        Returns how long that took, or None if they were still busy after ``within``.
+        """
+        kafka = services.kafka.service.pid()
+        limits = {arm.pid: 0.1, **({kafka: 0.25} if kafka is not None else {})}
+        started = time.monotonic()
+        while time.monotonic() - started < within:
+            arm.check_alive()
+            before = {pid: cpu_seconds(pid) for pid in limits}
+            await asyncio.sleep(1.0)
+            if all(cpu_seconds(pid) - before[pid] < limit for pid, limit in limits.items()):
+                return round(time.monotonic() - started, 1)
+        return None
+
     async def _load(
         self,
         arm: Arm,
@@ -516,7 +576,9 @@ class Bench:
         start = time.time()
         effects.window = (start + self.plan.warmup, start + self.plan.warmup + self.plan.seconds)
         sent_before = workload.sent
+        histogram = MirrorHistogram(WORKER_PORT) if arm.name == "nextbest" else None
         async with effects:
+            window = asyncio.create_task(self._window(histogram))
             late = await open_loop(
                 workload,
                 endpoints.kafka_bootstrap,
@@ -524,6 +586,7 @@ class Bench:
                 seconds=self.plan.warmup + self.plan.seconds,
                 on_sent=effects.sent,
             )
+            worker_p99 = await window
             finished = time.monotonic()
             done = await wait_until(watch.caught_up, within=self.plan.catch_up, arm=arm)
             await asyncio.sleep(0.5)  # the last triggers and publishes in flight
@@ -538,7 +601,18 @@ class Bench:
             samples=len(effects.latencies),
             mirror_lag_ms=quantiles_ms(effects.mirror),
             mirror_samples=len(effects.mirror),
+            worker_mirror_p99_ms=worker_p99,
         )
+
+    async def _window(self, histogram: MirrorHistogram | None) -> float | None:
+        """Read the worker's histogram at the start and the end of the measured window."""
+        if histogram is None:
+            return None
+        await asyncio.sleep(self.plan.warmup)
+        start = await asyncio.to_thread(histogram.read)
+        await asyncio.sleep(self.plan.seconds)
+        end = await asyncio.to_thread(histogram.read)
+        return histogram.p99_ms(start, end)
 
     async def _recovery(
         self, arm: Arm, bootstrap: str, app_id: str, partitions: int
@@ -619,6 +693,7 @@ def summarise(results: list[RunResult]) -> dict[str, Any]:
                         for q in ("p50", "p99", "p99.9")
                     },
                     "mirror_p99_ms": _median(x.mirror_lag_ms["p99"] for x in loads),
+                    "worker_mirror_p99_ms": _median(x.worker_mirror_p99_ms for x in loads),
                     "samples": sum(x.samples for x in loads),
                 }
             )

@@ -17,6 +17,10 @@ def _fate(caught_up: bool, above_max: bool | None) -> str:
     return "" if caught_up else " (fell behind)"
 
 
+def _bound(value: float | None) -> str:
+    return "-" if value is None else f"≤ {value:,.1f}"
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
@@ -81,9 +85,14 @@ def render(report: dict[str, Any]) -> str:
                     f"load {label}: latency {q}, ms", [_number(load(a, f"{q}_ms"), 1) for a in arms]
                 )
             row(
-                f"load {label}: Redis mirror lag p99, ms",
+                f"load {label}: Redis mirror lag p99, ms (record sent -> Redis)",
                 [_number(load(a, "mirror_p99_ms"), 1) for a in arms],
             )
+            if any(load(a, "worker_mirror_p99_ms") is not None for a in arms):
+                row(
+                    f"load {label}: mirror lag p99, worker's histogram (change -> Redis), ms",
+                    [_bound(load(a, "worker_mirror_p99_ms")) for a in arms],
+                )
     if "recovery_records_per_s" in summary.get("nextbest", {}):
         recovery = summary["nextbest"]
         row(
@@ -126,10 +135,17 @@ def _targets(summary: dict[str, Any]) -> list[str]:
                 f"| latency {q} at 50 % load ≤ {limit} x floor's | {_number(r, 2)} x | "
                 f"{_verdict(ok)} |"
             )
-    mirror = half["mirror_p99_ms"] if half else None
-    ok = None if mirror is None else mirror <= 50
+    # the contract's 50 ms runs from the change in the worker to Redis: its own histogram
+    worker = half.get("worker_mirror_p99_ms") if half else None
+    ok = None if worker is None else worker <= 50
     lines.append(
-        f"| Redis mirror lag p99 ≤ 50 ms (50 % load) | {_number(mirror, 1)} ms | {_verdict(ok)} |"
+        f"| Redis mirror lag p99 ≤ 50 ms (50 % load, worker's histogram) | {_bound(worker)} ms "
+        f"| {_verdict(ok)} |"
+    )
+    mirror = half["mirror_p99_ms"] if half else None
+    lines.append(
+        f"| … end to end, record sent -> Redis (50 % load) | {_number(mirror, 1)} ms | "
+        "(includes Kafka delivery) |"
     )
     if "recovery_records_per_s" in ours:
         recovery = ours["recovery_records_per_s"]
