@@ -14,7 +14,7 @@ BENCH_VENV := .dev/bench/venv
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_ARGS ?=
 
-.PHONY: help install tools up down status lint typecheck unit integration e2e test run bench clean
+.PHONY: help install tools up down status lint typecheck unit integration e2e test run bench bench-cost clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ $(BENCH_STAMP): pyproject.toml
 
 bench: $(BENCH_STAMP) ## floor vs nextbest vs Quix Streams, side by side (~30 min; BENCH_ARGS=--quick)
 	$(BENCH_VENV)/bin/python -m bench.compare $(BENCH_ARGS)
+
+bench-cost: $(STAMP) ## what faust's per-record path costs here (~3 min)
+	$(BIN)/python -m bench.faust_cost
 
 clean: ## remove the virtualenv, caches and local service data
 	-$(BIN)/nextbest dev down 2>/dev/null
