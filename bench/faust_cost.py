@@ -10,6 +10,8 @@ the way the mode says:
 * ``consume`` — raw aiokafka ``getmany``, counting only: what reading costs;
 * ``iterate`` — a faust agent with ``take_events(1000, 5 ms)`` and uvloop, as
   nextbest's worker runs it, counting only: what faust's stream costs;
+* ``eager`` — the same with nextbest's consumer (``adapters/delivery.py``),
+  which hands a record to the stream without faust's four tasks per record;
 * ``send`` — the same, and ``app.producer.send`` of each record to another
   topic (timed until the producer has flushed): what a produce adds;
 * ``table`` — the same, and each record written to a RocksDB table with its
@@ -44,7 +46,7 @@ from nextbest.settings import Settings
 from nextbest.simulator.journeys import Journeys
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("consume", "iterate", "send", "table")
+MODES = ("consume", "iterate", "eager", "send", "table")
 OUTPUT = "bench.cost.out"
 TABLE = "cost"
 
@@ -113,6 +115,8 @@ def _faust(mode: str, settings: Settings, tally: Tally, data_dir: Path) -> None:
     import uvloop
     from faust.streams import _current_event
 
+    from nextbest.adapters.delivery import use_eager_delivery
+
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -125,6 +129,8 @@ def _faust(mode: str, settings: Settings, tally: Tally, data_dir: Path) -> None:
         producer_linger=0.005,
         topic_partitions=settings.topic_partitions,
     )
+    if mode == "eager":
+        use_eager_delivery(app)
     source = app.topic(
         *(f"events.{c}" for c in settings.channels), key_serializer="raw", value_serializer="raw"
     )
@@ -235,12 +241,13 @@ def render(results: dict[str, dict[str, Any]], records: int) -> str:
     labels = {
         "consume": "raw aiokafka getmany, count",
         "iterate": "faust agent, take_events, count",
+        "eager": "the same, nextbest's eager delivery",
         "send": "faust agent, + app.producer.send",
         "table": "faust agent, + table write (RocksDB + changelog)",
     }
     for mode, figures in results.items():
         cost = figures["cpu_s_per_1k"] * 1000  # CPU-s per 1,000 records = ms, so x1000 = µs
-        added = "-" if previous is None or mode == "iterate" else f"+{cost - previous:,.0f}"
+        added = "-" if previous is None or mode == "iterate" else f"{cost - previous:+,.0f}"
         rate = figures["records_per_s"]
         lines.append(f"| {labels[mode]} | {rate:,.0f} | {cost:,.0f} | {added} |")
         if mode == "iterate":

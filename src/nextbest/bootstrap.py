@@ -36,6 +36,7 @@ from prometheus_client import (
 from redis.asyncio import Redis
 
 from nextbest.adapters.cache import StateCache
+from nextbest.adapters.delivery import use_eager_delivery
 from nextbest.adapters.projection import RedisMirror
 from nextbest.adapters.recovery import RecoveryWatch
 from nextbest.adapters.stream import (
@@ -260,6 +261,7 @@ def build_worker(settings: Settings) -> Worker:
         web_port=settings.worker_port,
         web_host="0.0.0.0",  # noqa: S104 - scraped by Prometheus from other hosts
     )
+    use_eager_delivery(app)  # before the topics below touch app.transport
     rekey = rekey_topic(settings.app_id)
     ticks = tick_topic(settings.app_id)
     source = _raw_topic(app, *[event_topic(c) for c in settings.channels], rekey, ticks)
