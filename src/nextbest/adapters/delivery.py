@@ -62,7 +62,12 @@ def _close(coros: Iterable[WaitArgT]) -> None:
 
 
 class EagerConsumer(driver.Consumer):
-    """faust's aiokafka consumer whose ``wait_first`` starts its first coroutine inline."""
+    """faust's aiokafka consumer whose ``wait_first`` starts its first coroutine inline.
+
+    Unlike an eager task, a coroutine that suspends goes on in another task than
+    the one it started in: fine for faust's delivery (queues, events, flow
+    control), wrong for one that ties itself to its task (``asyncio.timeout``).
+    """
 
     async def wait_first(
         self,
