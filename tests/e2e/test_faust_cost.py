@@ -31,10 +31,11 @@ def test_each_mode_drains_every_record_and_is_timed(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = orjson.loads((out / "faust_cost.json").read_bytes())
-    assert list(report["results"]) == ["consume", "iterate", "send", "table"]
+    assert list(report["results"]) == ["consume", "iterate", "eager", "send", "table"]
     for figures in report["results"].values():
         assert figures["records"] >= 5000
         assert figures["seconds"] > 0
         assert figures["cpu_s_per_1k"] > 0
     markdown = (out / "faust_cost.md").read_text()
     assert "| faust agent, + table write (RocksDB + changelog) |" in markdown
+    assert "| the same, nextbest's eager delivery |" in markdown
