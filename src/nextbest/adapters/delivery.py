@@ -3,8 +3,8 @@
 faust's fetcher delivers every record as ``wait_first(callback(record),
 suspend_flow.wait())``: four tasks and an ``asyncio.wait`` per record, so that a
 delivery held up (a full stream buffer, flow control during a rebalance) gives
-way when the flow is stopped. On this machine that is about half of the
-~90 µs faust spends on a record before the agent sees it
+way when the flow is stopped. On the benchmark's VM that is a third to a half
+of the 90-100 µs faust spends on a record before the agent sees it
 (``bench/faust_cost.py``, modes ``iterate`` and ``eager``).
 
 Almost every delivery completes without suspending: it puts the event into a
