@@ -9,32 +9,23 @@ speed is the benchmark's business, not a test's.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.e2e.bench_run import run_bench
+
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_benchmark_measures_every_figure_it_reports(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.compare", "--quick", "--arms", "floor,nextbest"),
-            *("--events", "2000", "--rates", "200", "--seconds", "3"),
-            *("--workdir", str(tmp_path / "work"), "--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    out = run_bench(
+        "bench.compare",
+        *("--quick", "--arms", "floor,nextbest"),
+        *("--events", "2000", "--rates", "200", "--seconds", "3"),
+        tmp_path=tmp_path,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = orjson.loads((out / "quick.json").read_bytes())
     floor, ours = report["summary"]["floor"], report["summary"]["nextbest"]
     for arm in (floor, ours):

@@ -5,31 +5,18 @@ Several batches per mode (a drain is timed from its first batch to its last).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.e2e.bench_run import run_bench
+
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_each_mode_drains_every_record_and_is_timed(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.faust_cost", "--events", "5000"),
-            *("--workdir", str(tmp_path / "work"), "--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = run_bench("bench.faust_cost", "--events", "5000", tmp_path=tmp_path)
     report = orjson.loads((out / "faust_cost.json").read_bytes())
     assert list(report["results"]) == ["consume", "iterate", "eager", "send", "table"]
     for figures in report["results"].values():
