@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 from importlib import resources
 
@@ -244,7 +243,7 @@ def timer_decision(signal: SignalName, state: CustomerState, moment: datetime) -
 )
 def test_cart_reminder_follows_consent(consent_: Consent, expected: object) -> None:
     state = CustomerState.new("c-1")
-    state = replace(state, context=replace(state.context, consent=consent_))
+    state = state._replace(context=state.context._replace(consent=consent_))
     assert timer_decision(SignalName.CART_ABANDONED, state, at(0)) == expected
 
 

@@ -1,4 +1,8 @@
-"""contract §6: the context reducer, its bounds, its idempotence and its encoding."""
+"""contract §6: the context reducer, its bounds, its idempotence and its encoding.
+
+Events here come in ``time`` order or are placed by the timeline (tests of the
+reordering itself are in test_timeline.py).
+"""
 
 from __future__ import annotations
 
@@ -11,22 +15,32 @@ from nextbest.core.context import CartItem, TriggerRecord, to_document
 from nextbest.core.envelope import Event
 from nextbest.core.state import (
     CustomerState,
-    apply,
     decode,
     encode,
     encode_document,
     is_duplicate,
     record_trigger,
 )
+from nextbest.core.timeline import Bounds, place
 from tests.unit.events import T0, at, event
 
 WINDOW = timedelta(minutes=10)
+BOUNDS = Bounds(
+    window=timedelta(minutes=2),
+    max_events=50,
+    max_bytes=16384,
+    journey_window=timedelta(minutes=30),
+    search_window=WINDOW,
+    search_count=3,
+)
 
 
 def run(*events: Event, state: CustomerState | None = None) -> CustomerState:
+    """Each event decided at its own time; a repeated id changes nothing."""
     state = state or CustomerState.new("c-1")
     for item in events:
-        state = apply(state, item, item.time, search_window=WINDOW, search_count=3)
+        if not is_duplicate(state, item):
+            state = place(state, item, item.time, BOUNDS).state
     return state
 
 
@@ -107,8 +121,9 @@ def test_lists_keep_only_their_newest_entries() -> None:
 def test_last_triggers_keep_ten_and_remember_the_cooldown() -> None:
     state = CustomerState.new("c-1")
     for i in range(12):
-        state = record_trigger(state, TriggerRecord(f"t{i}", f"a{i % 3}", "web", at(i)))
+        state = record_trigger(state, TriggerRecord(f"t{i}", f"a{i % 3}", "web", at(i + 1)), at(i))
     assert [t.id for t in state.context.last_triggers] == [f"t{i}" for i in range(2, 12)]
+    # the cooldown counts from the signal's moment (event time), not the decision
     assert state.last_fired == {"a0": at(9), "a1": at(10), "a2": at(11)}
 
 
@@ -124,10 +139,12 @@ def test_unknown_types_change_only_activity() -> None:
 def test_late_event_does_not_move_last_event_at_back() -> None:
     state = run(
         event("session.started", minute=5),
-        event("page.viewed", minute=1, data={"page_type": "home"}),
+        event("page.viewed", minute=1, data={"page_type": "home"}),  # beyond the window
+        event("page.viewed", minute=4, data={"page_type": "home"}),  # within it
     )
     assert state.context.last_event_at == at(5)
-    assert state.context.version == 2
+    assert state.context.current_channel == "web"
+    assert state.context.version == 3
 
 
 def test_a_repeated_id_changes_nothing() -> None:
@@ -152,9 +169,47 @@ def test_state_survives_encoding() -> None:
         event("checkout.started", "web", minute=3),
         event("consent.updated", minute=4, data={"email": True}),
     )
-    state = record_trigger(state, TriggerRecord("t", "resume_cart", "web", at(5)))
-    assert decode(encode(state)) == state
+    state = record_trigger(state, TriggerRecord("t", "resume_cart", "web", at(5)), at(3))
+    assert decode(encode(state)) == _stored(state)
     assert encode(state, encode_document(state.context)) == encode(state)
+
+
+def test_a_state_with_a_base_survives_encoding() -> None:
+    """Kept events are folded into base once the window lies behind them."""
+    state = run(
+        event("cart.item_added", "web", data={"sku": "A1", "qty": 2, "price": 19.5}),
+        event("search.performed", "mobile", minute=1, data={"query": "x", "results": 0}),
+        event("product.viewed", "store", minute=6, data={"sku": "A1"}),
+        event("page.viewed", "store", minute=6.5, data={"page_type": "home"}),
+    )
+    assert state.base.version == 2
+    assert len(state.recent) == 2
+    assert decode(encode(state)) == _stored(state)
+
+
+def _stored(state: CustomerState) -> CustomerState:
+    """What survives storage: kept events keep only what the reducer reads."""
+    recent = tuple(s._replace(event=s.event._replace(source="", subject="")) for s in state.recent)
+    return state._replace(recent=recent)
+
+
+def test_a_state_of_format_1_is_read_as_all_base() -> None:
+    stored = {
+        "context": to_document(run(event("session.started")).context),
+        "seen_ids": ["e-x"],
+        "zero_searches": [],
+        "product_viewed_at": None,
+        "last_fired": {"payment_help": at(1).isoformat()},
+        "fired": {},
+    }
+    import orjson
+
+    state = decode(orjson.dumps(stored))
+    assert state.recent == ()
+    assert state.base.version == state.context.version == 1
+    assert state.last_fired == {"payment_help": at(1)}
+    after = run(event("session.started", "mobile", minute=1), state=state)
+    assert after.context.version == 2
 
 
 # --- properties ---------------------------------------------------------------------
@@ -215,7 +270,7 @@ def test_version_counts_applied_events_and_never_goes_back(events: list[Event]) 
     seen: set[str] = set()
     for item in events + events[:3]:
         before = state.context.version
-        state = apply(state, item, item.time, search_window=WINDOW, search_count=3)
+        state = run(item, state=state)
         expected = before if item.id in seen else before + 1
         assert state.context.version == expected
         seen.add(item.id)
@@ -224,23 +279,22 @@ def test_version_counts_applied_events_and_never_goes_back(events: list[Event]) 
 
 
 def test_apply_carries_every_field_it_does_not_change() -> None:
-    """apply() and _with_activity() build their results field by field (for speed):
-    a new field must be added there too, or it is silently reset by every event."""
-    from dataclasses import fields, replace
-
+    """apply() builds its result field by field (for speed): a new field must be
+    added there too, or it is silently reset by every event."""
     from nextbest.core.context import Consent, Context
 
     consent = Consent(email=True)
     before = run(event("consent.updated", data={"email": True}))
-    before = replace(before, last_fired={"x": T0}, fired={"y": T0})
+    before = before._replace(last_fired={"x": T0}, fired={"y": T0})
     after = run(event("page.viewed", minute=2, data={"page_type": "home"}, id_="e-9"), state=before)
     assert after.context.consent == consent
     assert (after.last_fired, after.fired) == (before.last_fired, before.fired)
-    assert [f.name for f in fields(CustomerState)] == [
-        "context", "seen_ids", "zero_searches", "product_viewed_at", "last_fired", "fired",
-    ]  # fmt: skip
-    assert [f.name for f in fields(Context)] == [
+    assert CustomerState._fields == (
+        "context", "base", "base_encoded", "recent", "recent_bytes", "seen_ids", "last_fired",
+        "fired",
+    )  # fmt: skip
+    assert Context._fields == (
         "customer_id", "version", "updated_at", "last_event_at", "current_channel", "channels",
         "journey", "cart", "checkout", "recent_searches", "recent_products", "consent",
-        "last_triggers",
-    ]  # fmt: skip
+        "last_triggers", "zero_searches", "product_viewed_at",
+    )  # fmt: skip

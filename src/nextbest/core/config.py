@@ -22,3 +22,8 @@ class EngineConfig:
     max_signal_age: timedelta = timedelta(minutes=10)
     max_event_bytes: int = 65536
     max_clock_skew: timedelta = timedelta(minutes=5)
+    # contract §3 "Order": how late an event may arrive and still take its place
+    reorder_window: timedelta = timedelta(minutes=2)
+    # what a customer's state keeps to place late events (see core/timeline.py)
+    reorder_max_events: int = 50
+    reorder_max_bytes: int = 16384

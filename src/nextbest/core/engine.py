@@ -1,31 +1,37 @@
-"""One event (or one deadline) through the whole core: dedupe, apply, detect, decide, build.
+"""Events and deadlines through the whole core: dedupe, place, detect, decide, build.
 
-:class:`Engine` binds the configuration and the rules. The stream adapter calls
-:meth:`Engine.process` per event, :meth:`Engine.expire` when a customer's
-:meth:`Engine.next_wakeup` has come.
+:class:`Engine` binds the configuration and the rules. The worker hands it a
+partition's batch at a time (:meth:`Engine.process_batch`, :meth:`Engine.expire_batch`)
+with the states the batch touches, and gets back the new states and what each
+event or deadline did, so it does its I/O once per batch. :meth:`Engine.process`
+and :meth:`Engine.expire` are the same for one event or one customer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from nextbest.core.config import EngineConfig
 from nextbest.core.context import Context
 from nextbest.core.envelope import Event
 from nextbest.core.rules import RuleSet, Suppression, decide
-from nextbest.core.signals import Signal, detect
-from nextbest.core.state import CustomerState, apply, is_duplicate, record_trigger
+from nextbest.core.signals import Signal
+from nextbest.core.state import CustomerState, record_trigger
+from nextbest.core.timeline import Bounds, place
 from nextbest.core.timers import expire, next_wakeup
 from nextbest.core.triggers import Trigger, build
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one event did. ``applied`` is False for a repeated event id (nothing changed).
+class Outcome(NamedTuple):
+    """What one event or deadline did. ``applied`` is False for a repeated event id.
 
     ``snapshot`` is the context at decision time, which the trigger carries;
-    ``state`` also remembers the trigger.
+    ``state`` also remembers the trigger. ``behind`` and ``beyond`` say how late
+    the event came (see :class:`~nextbest.core.timeline.Placement`). ``error`` is
+    set (and nothing applied) when the core itself failed on the event: a bug,
+    which the worker reports instead of stopping.
     """
 
     state: CustomerState
@@ -34,33 +40,61 @@ class Outcome:
     trigger: Trigger | None = None
     snapshot: Context | None = None
     suppressed: tuple[tuple[str, Suppression], ...] = ()
+    behind: timedelta | None = None
+    beyond: bool = False
+    error: Exception | None = None
+
+
+class Batch(NamedTuple):
+    """A batch's result: the newest state of every customer it changed, and each
+    input's outcome in input order."""
+
+    states: dict[str, CustomerState]
+    outcomes: list[Outcome]
 
 
 class Engine:
     def __init__(self, config: EngineConfig, rules: RuleSet) -> None:
         self.config = config
         self.rules = rules
-
-    def process(self, state: CustomerState | None, event: Event, now: datetime) -> Outcome:
-        before = state if state is not None else CustomerState.new(event.subject)
-        if is_duplicate(before, event):
-            return Outcome(before, applied=False)
-        config = self.config
-        after = apply(
-            before,
-            event,
-            now,
+        self._bounds = Bounds(
+            window=config.reorder_window,
+            max_events=config.reorder_max_events,
+            max_bytes=config.reorder_max_bytes,
+            journey_window=config.journey_window,
             search_window=config.search_frustration_window,
             search_count=config.search_frustration_count,
         )
-        signals = detect(
-            before,
-            after,
-            event,
-            journey_window=config.journey_window,
-            search_count=config.search_frustration_count,
-        )
-        return self._decide(after, signals, now)
+
+    def process(self, state: CustomerState | None, event: Event, now: datetime) -> Outcome:
+        before = state if state is not None else CustomerState.new(event.subject)
+        if event.id in before.seen_ids:
+            return Outcome(before, applied=False)
+        placed = place(before, event, now, self._bounds)
+        if not placed.signals:
+            return Outcome(placed.state, True, behind=placed.behind, beyond=placed.beyond)
+        outcome = self._decide(placed.state, placed.signals, now)
+        return outcome._replace(behind=placed.behind, beyond=placed.beyond)
+
+    def process_batch(
+        self, states: Mapping[str, CustomerState | None], events: Iterable[Event], now: datetime
+    ) -> Batch:
+        """Apply ``events`` in order; ``states`` holds (at least) every subject's state."""
+        changed: dict[str, CustomerState] = {}
+        outcomes: list[Outcome] = []
+        for event in events:
+            subject = event.subject
+            state = changed.get(subject)
+            if state is None:
+                state = states.get(subject)
+            try:
+                outcome = self.process(state, event, now)
+            except Exception as error:  # a bug: reported per event, the rest goes on
+                outcome = Outcome(state or CustomerState.new(subject), False, error=error)
+            if outcome.applied:
+                changed[subject] = outcome.state
+            outcomes.append(outcome)
+        return Batch(changed, outcomes)
 
     def next_wakeup(self, state: CustomerState) -> datetime | None:
         """When ``state`` has a deadline pending, the earliest one; else None."""
@@ -83,9 +117,18 @@ class Engine:
         after, signal = fired
         return self._decide(after, (signal,), now)
 
+    def expire_batch(self, states: Mapping[str, CustomerState], now: datetime) -> Batch:
+        """Fire every deadline of ``states`` that is due at ``now``, earliest first."""
+        changed: dict[str, CustomerState] = {}
+        outcomes: list[Outcome] = []
+        for subject, state in states.items():
+            while (outcome := self.expire(state, now)) is not None:
+                state = outcome.state
+                changed[subject] = state
+                outcomes.append(outcome)
+        return Batch(changed, outcomes)
+
     def _decide(self, after: CustomerState, signals: tuple[Signal, ...], now: datetime) -> Outcome:
-        if not signals:
-            return Outcome(after, applied=True)
         config = self.config
         decision = decide(
             self.rules,
@@ -100,7 +143,7 @@ class Engine:
             return Outcome(after, True, signals, suppressed=decision.suppressed)
         trigger = build(decision.winner, after.context, now)
         return Outcome(
-            record_trigger(after, trigger.record),
+            record_trigger(after, trigger.record, trigger.moment),
             True,
             signals,
             trigger,

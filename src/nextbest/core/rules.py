@@ -42,6 +42,7 @@ from enum import StrEnum
 from string import Template
 from typing import Any
 
+from nextbest.core.context import Context
 from nextbest.core.signals import Signal, SignalName
 from nextbest.core.state import CustomerState
 
@@ -61,10 +62,11 @@ class Suppression(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Situation:
-    """What a condition may look at: the signal and the customer after the event."""
+    """What a condition may look at: the signal and the customer's context right
+    after the event that raised it (for a timer signal: now)."""
 
     signal: Signal
-    state: CustomerState
+    context: Context
     journey_window: timedelta
 
 
@@ -77,7 +79,7 @@ class Target:
     needs_consent: str | None = None  # "email" | "mobile"
 
     def resolve(self, situation: Situation) -> str | None:
-        context = situation.state.context
+        context = situation.context
         if self.channel == "event.channel":
             channel: str | None = situation.signal.channel
         elif self.channel == "checkout.channel":
@@ -141,14 +143,20 @@ def decide(
     cooldown: timedelta,
     max_signal_age: timedelta,
 ) -> Decision:
-    """Arbitrate among the rules that match ``signals``: one winner at the most."""
+    """Arbitrate among the rules that match ``signals``: one winner at the most.
+
+    The cooldown is in event time: no action again within ``cooldown`` of the
+    moment of the signal it was last triggered for, either way (a late event's
+    signal may lie before it), so a replay decides the same.
+    """
     suppressed: list[tuple[str, Suppression]] = []
     candidates: list[Choice] = []
     for rule in rules.rules:
         for signal in signals:
             if signal.name != rule.signal:
                 continue
-            situation = Situation(signal, state, journey_window)
+            context = signal.context if signal.context is not None else state.context
+            situation = Situation(signal, context, journey_window)
             if not rule.condition(situation):
                 continue
             if now - signal.moment > max_signal_age:
@@ -159,7 +167,7 @@ def decide(
                 suppressed.append((rule.action, Suppression.CONSENT))
                 continue
             last = state.last_fired.get(rule.action)
-            if last is not None and now - last < cooldown:
+            if last is not None and abs(signal.moment - last) < cooldown:
                 suppressed.append((rule.action, Suppression.COOLDOWN))
                 continue
             candidates.append(Choice(rule, signal, channel))
@@ -211,14 +219,14 @@ def _event_type_not_in(value: object) -> Predicate:
 
 def _cart_non_empty(value: object) -> Predicate:
     wanted = _flag(value)
-    return lambda s: bool(s.state.context.cart.items) is wanted
+    return lambda s: bool(s.context.cart.items) is wanted
 
 
 def _product_viewed_in_journey(value: object) -> Predicate:
     wanted = _flag(value)
 
     def holds(s: Situation) -> bool:
-        viewed = s.state.product_viewed_at
+        viewed = s.context.product_viewed_at
         recent = viewed is not None and s.signal.moment - viewed < s.journey_window
         return recent is wanted
 

@@ -1,18 +1,18 @@
 """Signals (contract §5): what just happened to a customer that a rule may act on.
 
-:func:`detect` compares the state before and after one event. Timer signals
-(``cart_abandoned``, ``checkout_stalled``) are the same :class:`Signal` with a
-deadline as ``moment`` and no ``caused_by``.
+:func:`detect` compares the context before and after one event, both folded in
+``time`` order. Timer signals (``cart_abandoned``, ``checkout_stalled``) are the
+same :class:`Signal` with a deadline as ``moment`` and no ``caused_by``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
+from nextbest.core.context import Context
 from nextbest.core.envelope import Event
-from nextbest.core.state import CustomerState
 
 
 class SignalName(StrEnum):
@@ -25,9 +25,17 @@ class SignalName(StrEnum):
     SHOWROOMING = "showrooming"
 
 
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """``moment`` is the event time or the deadline; ``channel`` where it happened."""
+# a bit per signal, for remembering compactly which signals an event raised
+SIGNAL_BITS = {name: 1 << index for index, name in enumerate(SignalName)}
+
+
+class Signal(NamedTuple):
+    """``moment`` is the event time or the deadline; ``channel`` where it happened.
+
+    ``context`` is the customer's context right after the event that raised it
+    (None: the caller's current context), which the rules' conditions read: a
+    signal revealed by a late event is judged by the moment it belongs to.
+    """
 
     name: SignalName
     moment: datetime
@@ -35,6 +43,7 @@ class Signal:
     from_channel: str | None = None
     caused_by: str | None = None
     event_type: str | None = None
+    context: Context | None = None
 
 
 _BY_TYPE = {
@@ -46,50 +55,47 @@ _BY_TYPE = {
 
 
 def detect(
-    before: CustomerState,
-    after: CustomerState,
+    before: Context,
+    after: Context,
     event: Event,
     *,
     journey_window: timedelta,
     search_count: int,
 ) -> tuple[Signal, ...]:
     """The signals that applying ``event`` to ``before`` (giving ``after``) raises."""
-    previous = before.context.current_channel
-    base = Signal(
-        SignalName.CHANNEL_SWITCH,
-        moment=event.time,
-        channel=event.channel,
-        from_channel=previous,
-        caused_by=event.id,
-        event_type=event.type,
-    )
+    previous = before.current_channel
+    moment = event.time
+    channel = event.channel
     found: list[Signal] = []
-    last_at = before.context.last_event_at
+    last_at = before.last_event_at
     if (
         previous is not None
-        and previous != event.channel
+        and previous != channel
         and last_at is not None
-        and abs(event.time - last_at) < journey_window
+        and abs(moment - last_at) < journey_window
     ):
-        found.append(base)
+        found.append(
+            Signal(
+                SignalName.CHANNEL_SWITCH, moment, channel, previous, event.id, event.type, after
+            )
+        )
     by_type = _BY_TYPE.get(event.type)
     if by_type is not None:
-        found.append(_renamed(base, by_type))
+        found.append(Signal(by_type, moment, channel, previous, event.id, event.type, after))
     if (
         event.type == "search.performed"
         and event.data["results"] == 0
         and len(after.zero_searches) == search_count
     ):
-        found.append(_renamed(base, SignalName.SEARCH_FRUSTRATION))
+        found.append(
+            Signal(
+                SignalName.SEARCH_FRUSTRATION,
+                moment,
+                channel,
+                previous,
+                event.id,
+                event.type,
+                after,
+            )
+        )
     return tuple(found)
-
-
-def _renamed(signal: Signal, name: SignalName) -> Signal:
-    return Signal(
-        name,
-        moment=signal.moment,
-        channel=signal.channel,
-        from_channel=signal.from_channel,
-        caused_by=signal.caused_by,
-        event_type=signal.event_type,
-    )

@@ -16,7 +16,7 @@ is a new one. The shape is bytewax's ``notify_at`` / ``on_notify``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from nextbest.core.signals import Signal, SignalName
@@ -92,4 +92,4 @@ def expire(
         caused_by=None,
     )
     fired = {**state.fired, deadline.signal.value: deadline.due}
-    return replace(state, fired=fired), signal
+    return state._replace(fired=fired), signal

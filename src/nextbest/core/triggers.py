@@ -8,8 +8,8 @@ and state always give the same id and channel apps can drop repeats.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import orjson
 
@@ -22,8 +22,7 @@ TYPE = "nextbest.trigger"
 _NAMESPACE = uuid.UUID("6d1f4a52-8f0b-5c9e-9a57-2b7c3e1f0a64")
 
 
-@dataclass(frozen=True, slots=True)
-class Trigger:
+class Trigger(NamedTuple):
     id: str
     time: datetime
     subject: str
@@ -48,6 +47,7 @@ def trigger_id(subject: str, action: str, signal: str, cause: str) -> str:
 def build(choice: Choice, context: Context, now: datetime) -> Trigger:
     """The trigger for the winning ``choice``, decided at ``now`` about ``context``."""
     rule, signal = choice.rule, choice.signal
+    moment_context = signal.context if signal.context is not None else context
     cause = signal.caused_by if signal.caused_by is not None else signal.moment.isoformat()
     reason = rule.reason.safe_substitute(
         action=rule.action,
@@ -55,8 +55,8 @@ def build(choice: Choice, context: Context, now: datetime) -> Trigger:
         channel=choice.channel,
         signal_channel=signal.channel,
         from_channel=signal.from_channel or "nowhere",
-        cart_items=sum(item.qty for item in context.cart.items),
-        cart_value=f"{context.cart.value:.2f}",
+        cart_items=sum(item.qty for item in moment_context.cart.items),
+        cart_value=f"{moment_context.cart.value:.2f}",
     )
     return Trigger(
         id=trigger_id(context.customer_id, rule.action, signal.name.value, cause),
