@@ -67,7 +67,8 @@ from bench.procstat import cpu_seconds, peak_rss_bytes
 from bench.report import render
 from bench.workload import Sent, Workload, open_loop, preload
 from nextbest.adapters.projection import KEY_PREFIX, UPDATES_PREFIX
-from nextbest.bootstrap import changelog_topic, ensure_topics
+from nextbest.adapters.topics import changelog_topic
+from nextbest.bootstrap import ensure_topics
 from nextbest.devstack import DevStack, stack
 from nextbest.settings import Settings
 from nextbest.simulator.journeys import Journeys

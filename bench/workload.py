@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from nextbest.adapters.stream import partition_for
+from nextbest.adapters.topics import partition_for
 from nextbest.simulator.journeys import Journeys, SimulatedEvent
 
 

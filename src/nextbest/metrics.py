@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from nextbest.core.envelope import Reason
 from nextbest.core.rules import Suppression
 
+LATENESS_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
@@ -36,6 +37,26 @@ class Metrics:
             "nextbest_events_rejected",
             "Records written to events.deadletter, by channel and reason.",
             ["channel", "reason"],
+            registry=registry,
+        )
+        self.late = Counter(
+            "nextbest_events_late",
+            "Events later than NEXTBEST_REORDER_WINDOW behind their customer's newest event:"
+            " applied, but they fire nothing.",
+            ["channel"],
+            registry=registry,
+        )
+        self.late_seconds = Histogram(
+            "nextbest_event_lateness_seconds",
+            "How far an event's time lies behind its customer's newest event, for events"
+            " that arrive out of order.",
+            ["channel"],
+            buckets=LATENESS_BUCKETS,
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "nextbest_records_skipped",
+            "Records read again (after a crash or a rebalance) that the states already hold.",
             registry=registry,
         )
         self.rekeyed = Counter(
@@ -114,6 +135,7 @@ class Metrics:
         for channel in channels:
             self.events.labels(channel)
             self.duplicates.labels(channel)
+            self.late.labels(channel)
             for reason in Reason:
                 self.rejected.labels(channel, reason.value)
         for action in actions:

@@ -89,7 +89,21 @@ class Settings(BaseSettings):
 
     # How long the group waits for a worker that stopped answering before its
     # partitions (and their deadlines) move to the others.
-    kafka_session_timeout: Duration = timedelta(seconds=60)
+    kafka_session_timeout: Duration = timedelta(seconds=10)
+    # Static group membership: a stable id per worker (the pod name in a
+    # StatefulSet) lets a restarted worker take its partitions back at once,
+    # without waiting for the session timeout or a rebalance.
+    kafka_group_instance_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,200}$")] | None = None
+    # Replicas of topics the engine creates (1 for a single broker; 3 is usual).
+    topic_replication: PositiveInt = 1
+    # Standby copies of each table partition kept warm on other workers.
+    standby_replicas: NonNegativeInt = 0
+
+    # contract §3 "Order": how late an event may arrive and still take its place
+    # in its customer's timeline, and what each customer's state keeps for that.
+    reorder_window: Duration = timedelta(minutes=2)
+    reorder_max_events: Annotated[int, Field(ge=1, le=1000)] = 50
+    reorder_max_bytes: Annotated[int, Field(ge=1024, le=1_048_576)] = 16384
 
     # Kafka security (contract §9): passed to faust and aiokafka as they are.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -124,6 +138,7 @@ class Settings(BaseSettings):
         "context_ttl",
         "kafka_session_timeout",
         "api_keepalive",
+        "reorder_window",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from nextbest.adapters.projection import RedisMirror, context_key
-from nextbest.adapters.stream import partition_for
+from nextbest.adapters.topics import partition_for
 from nextbest.metrics import Metrics
 from tests.integration.harness import (
     Channels,

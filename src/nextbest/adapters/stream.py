@@ -1,150 +1,69 @@
-"""The Faust adapter: records in, core decisions, triggers and dead letters out.
+"""The worker's handler: one partition's fetched batch in, decisions and state out.
 
-:class:`EventHandler` is the agent's body and nothing else: decode the record,
-load the customer's state, call :meth:`Engine.process`, store the new state,
-send the trigger, hand the document to the Redis mirror and count. Every
-decision is in :mod:`nextbest.core`.
+:meth:`EventHandler.handle` gets every record of one partition number that a
+fetch returned (its events topics, rekey and ticks) and does, once per batch:
 
-Records whose partition is not their customer's (keyed by something other than
-the customer id, or unkeyed) are forwarded once to ``<app id>-rekey`` on the
-customer's partition, so every customer's state lives on one partition of the
-``contexts`` table whatever the producers do.
+1. skip what the partition's states already hold (records below the applied
+   offsets stored with them: read again after a crash or a rebalance);
+2. parse each record (:func:`~nextbest.core.envelope.parse`); a record that
+   is not an event is dead-lettered, one not keyed to this partition is
+   forwarded to ``<app id>-rekey`` on its customer's partition;
+3. load the states the batch touches (from memory, else the ``contexts``
+   table), and let the core apply the events in ``time`` order and fire the
+   deadlines a tick found due (:meth:`Engine.process_batch`, :meth:`Engine.expire_batch`);
+4. send the triggers, dead letters, forwards and the changed states' changelog
+   records, and wait for every acknowledgement;
+5. only then write the changed states and the applied offsets to RocksDB in
+   one batch (:class:`~nextbest.adapters.table.ContextTable`), hand the new
+   documents to the Redis mirror, and count.
 
-Records come in batches (:meth:`EventHandler.handle_batch`): a record's
-trigger goes out as it is handled, but each changed customer is encoded,
-written to the table (and so to its changelog) and handed to the Redis mirror
-once per batch, with its newest state. The agent acknowledges a batch only
-after that write, so a committed offset never runs ahead of the changelog; a
-crash mid-batch replays the batch (its triggers again, with the same ids).
-Decoded states stay in a :class:`~nextbest.adapters.cache.StateCache` between
-batches, so a customer's next event seldom decodes its state again.
+If anything in 4 or 5 fails, the batch raises and the consumer reads it again
+later; nothing of it was written, and its triggers go out again with the same
+ids. Every decision is in :mod:`nextbest.core`.
 
-Absence timers ride the same stream: each worker sends a tick to
-``<app id>-ticks`` for every partition it owns a few times a second, and the
-tick, handled in that partition's order like any event, fires the deadlines the
-:class:`~nextbest.core.schedule.DueIndex` says are due. So timer state changes
-are ordinary table writes with a changelog, never concurrent with the
-customer's events.
+Absence timers ride the same batches: each worker sends a tick to ``<app id>-ticks``
+for every partition it owns a few times a second; the tick, handled with that
+partition's events, fires what the :class:`~nextbest.core.schedule.DueIndex`
+says is due.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
-
-from aiokafka.partitioner import murmur2
+from typing import Any
 
 from nextbest.adapters.cache import StateCache
 from nextbest.adapters.projection import RedisMirror
+from nextbest.adapters.table import ContextTable, Record, Sender
+from nextbest.adapters.topics import TopicNames, partition_for
 from nextbest.core import state as states
 from nextbest.core import triggers as trigger_codec
 from nextbest.core.engine import Engine, Outcome
-from nextbest.core.envelope import Reason, Rejected, parse
+from nextbest.core.envelope import Event, Reason, Rejected, parse
 from nextbest.core.schedule import DueIndex
-from nextbest.core.triggers import Trigger
+from nextbest.core.state import CustomerState
 from nextbest.failures import log_failure
 from nextbest.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-DEADLETTER_TOPIC = "events.deadletter"
+# a stored state that cannot be decoded (see EventHandler._load)
+_UNREADABLE: Any = CustomerState.new("\x00unreadable")
+
 CHANNEL_HEADER = "nextbest.channel"
 ORIGIN_HEADERS = ("nextbest.origin.topic", "nextbest.origin.partition", "nextbest.origin.offset")
 
 Clock = Callable[[], datetime]
+Batch = Sequence[tuple[Any, Sequence[Record]]]  # (topic partition, its records)
 
 
-def event_topic(channel: str) -> str:
-    return f"events.{channel}"
-
-
-def trigger_topic(channel: str) -> str:
-    return f"triggers.{channel}"
-
-
-def rekey_topic(app_id: str) -> str:
-    return f"{app_id}-rekey"
-
-
-def tick_topic(app_id: str) -> str:
-    return f"{app_id}-ticks"
-
-
-def partition_for(customer_id: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives a record keyed by ``customer_id``."""
-    return int(murmur2(customer_id) & 0x7FFFFFFF) % partitions
-
-
-class Message(Protocol):
-    """What the handler reads of a Faust message."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float
-    key: bytes | None
-    value: bytes | None
-    headers: Any
-
-
-class Record(Protocol):
-    """A record as the agent hands it over (a faust event): its message."""
-
-    @property
-    def message(self) -> Message: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Single:
-    message: Message
-
-
-@dataclass(slots=True)
-class _Change:
-    """A customer changed in this batch: its newest state, the record that made it,
-    and when its oldest change not yet stored was applied (``time.time()``)."""
-
-    state: states.CustomerState
-    record: Any
-    applied_at: float
-
-
-Enter = Callable[[Any], None]
-
-
-class Sender(Protocol):
-    """A Faust topic, as far as the handler sends to it."""
-
-    async def send(
-        self,
-        *,
-        key: bytes | None = ...,
-        value: bytes | None = ...,
-        partition: int | None = ...,
-        timestamp: float | None = ...,
-        headers: Any = ...,
-        callback: Any = ...,
-    ) -> Any: ...
-
-
-class Store(Protocol):
-    """The ``contexts`` table: customer id (bytes) to encoded state."""
-
-    def get(self, key: bytes) -> bytes | None: ...
-
-    def __setitem__(self, key: bytes, value: bytes) -> None: ...
-
-    def items(self) -> Iterable[tuple[bytes, bytes]]: ...
-
-
-def _headers(message: Message) -> list[tuple[str, bytes]]:
-    headers = message.headers or ()
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(str(k), bytes(v) if v is not None else b"") for k, v in items]
+def _headers(record: Record) -> list[tuple[str, bytes]]:
+    return [(str(k), bytes(v) if v is not None else b"") for k, v in record.headers or ()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +77,11 @@ class Origin:
 
     @classmethod
     def of(
-        cls, message: Message, headers: Iterable[tuple[str, bytes]], rekey_topic: str
+        cls, record: Record, headers: Iterable[tuple[str, bytes]], rekey_topic: str
     ) -> Origin | None:
-        if message.topic != rekey_topic:
-            channel = message.topic.removeprefix("events.")
-            return cls(channel, message.topic, message.partition, message.offset)
+        if record.topic != rekey_topic:
+            channel = record.topic.removeprefix("events.")
+            return cls(channel, record.topic, record.partition, record.offset)
         found = dict(headers)
         try:
             return cls(
@@ -183,19 +102,37 @@ class Origin:
         ]
 
 
+class _Source:
+    """An event's record: what the worker needs of it after the core has decided."""
+
+    __slots__ = ("headers", "origin", "record")
+
+    def __init__(self, record: Record, headers: list[tuple[str, bytes]], origin: Origin) -> None:
+        self.record = record
+        self.headers = headers
+        self.origin = origin
+
+
+@dataclass(slots=True)
+class _Read:
+    """What the records of one batch turned into, before the core sees them."""
+
+    events: list[tuple[Event, _Source]] = field(default_factory=list)
+    sends: list[Awaitable[Any]] = field(default_factory=list)  # dead letters, forwards
+    tick: bool = False
+    skipped: int = 0
+
+
 class EventHandler:
-    """One record at a time: the body of the worker's agent."""
+    """The body of the worker: a partition's batch at a time (see the module doc)."""
 
     def __init__(
         self,
         *,
         engine: Engine,
-        table: Store,
-        triggers: Mapping[str, Sender],
-        deadletter: Sender,
-        rekey: Sender,
-        rekey_topic: str,
-        tick_topic: str,
+        table: ContextTable,
+        producer: Sender,
+        names: TopicNames,
         index: DueIndex,
         mirror: RedisMirror,
         metrics: Metrics,
@@ -205,267 +142,319 @@ class EventHandler:
     ) -> None:
         self._engine = engine
         self._table = table
-        self._triggers = triggers
-        self._deadletter = deadletter
-        self._rekey = rekey
-        self._rekey_topic = rekey_topic
-        self._tick_topic = tick_topic
+        self._producer = producer
+        self._names = names
+        self._rekey = names.rekey
+        self._ticks = names.ticks
+        self.topics = frozenset(names.sources)
         self._index = index
         self._mirror = mirror
         self._metrics = metrics
         self._partitions = partitions
         self._clock = clock
         self._cache = cache if cache is not None else StateCache(0)
-        self._changed: dict[bytes, _Change] = {}  # by customer key, in this batch
-        self._record: Any = None  # the record being handled
 
-    async def handle_batch(self, records: Iterable[Record], enter: Enter | None = None) -> None:
-        """Handle ``records`` in order, then write each changed customer's state once.
+    # --- a batch ----------------------------------------------------------------------
 
-        ``enter(record)`` makes ``record`` the one being handled (faust reads
-        and writes a table in the partition of its "current event"): called
-        before each record, and before each state is written, with the last
-        record that changed it.
-        """
-        try:
+    async def handle(self, partition: int, batch: Batch) -> None:
+        """Handle one partition's records; raises (nothing written) when an output fails."""
+        now = self._clock()
+        applied = self._table.applied(partition)
+        next_applied = dict(applied)
+        read = _Read()
+        for tp, records in batch:
+            topic = tp.topic
+            start = applied.get(topic, 0)
             for record in records:
-                self._record = record
-                if enter is not None:
-                    enter(record)
-                await self._handle_record(record.message)
-        finally:
-            self._record = None
-            self.store_changes(enter)
-
-    async def handle(self, message: Message) -> None:
-        """One record as a batch of its own."""
-        await self.handle_batch((_Single(message),))
-
-    def store_changes(self, enter: Enter | None = None) -> int:
-        """Store the batch's changed customers; how many reached the table.
-
-        Each is encoded once: the document goes to the Redis mirror, the state
-        to the table. A failed write is logged at ERROR and the others still
-        go, as a failed write of one record was before batching: the batch is
-        acknowledged and that customer's change is missing from the table
-        (Redis has it). An exception escaping here would kill the agent.
-        """
-        changed, self._changed = self._changed, {}
-        written = 0
-        for key, change in changed.items():
-            state = change.state
+                if record.offset < start:
+                    read.skipped += 1
+                    continue
+                if topic == self._ticks:
+                    read.tick = True
+                else:
+                    await self._read(record, partition, now, read)
+            next_applied[topic] = max(start, records[-1].offset + 1)
+        if read.skipped:
+            self._metrics.skipped.inc(read.skipped)
+        read.events.sort(key=lambda item: item[0].time)  # fewer late arrivals to place
+        loaded = self._load(partition, {event.subject for event, _ in read.events})
+        unreadable = {subject for subject, state in loaded.items() if state is _UNREADABLE}
+        if unreadable:
+            read.events = await self._set_aside(read, unreadable)
+        batch_result = self._engine.process_batch(loaded, (e for e, _ in read.events), now)
+        changed = batch_result.states
+        due: list[bytes] = []
+        expired: list[Outcome] = []
+        if read.tick:
+            due = self._index.pop_due(partition, now)
             try:
-                document = states.encode_document(state.context)
-                context = state.context
-                self._mirror.submit(
-                    context.customer_id, context.version, document, applied_at=change.applied_at
-                )
-                if enter is not None:
-                    enter(change.record)
-                self._table[key] = states.encode(state, document)
-                self._cache.put(key, state)
-                written += 1
-            except Exception as error:  # the cache still holds what the table holds
-                log_failure(log, error, "could not store a customer's state")
-        return written
+                expired = self._expire(partition, due, changed, now)
+            except Exception:
+                self._reschedule(partition, due, changed)
+                raise
+        try:
+            await self._write(partition, read, batch_result.outcomes, expired, changed, now,
+                              next_applied)  # fmt: skip
+        except BaseException:
+            self._reschedule(partition, due, {})  # the deadlines stay pending
+            raise
 
-    def forget_states(self) -> None:
-        """Drop the decoded states kept between batches: partitions moved."""
-        self._cache.clear()
-
-    def _change(self, key: bytes, state: states.CustomerState) -> None:
-        known = self._changed.get(key)
-        if known is None:
-            self._changed[key] = _Change(state, self._record, time.time())
-        else:
-            known.state, known.record = state, self._record
-
-    def _load(self, key: bytes) -> states.CustomerState | None:
-        pending = self._changed.get(key)
-        if pending is not None:
-            return pending.state
-        state = self._cache.get(key)
-        if state is not None:
-            self._metrics.state_cache_hits.inc()
-            return state
-        self._metrics.state_cache_misses.inc()
-        raw = self._table.get(key)
-        if raw is None:
-            return None
-        state = states.decode(raw)
-        self._cache.put(key, state)
-        return state
-
-    async def _handle_record(self, message: Message) -> None:
-        """Process one record; never raises for anything a producer can send.
-
-        Its state change stays in the batch until :meth:`store_changes`.
-        """
-        if message.topic == self._tick_topic:
-            try:
-                await self.tick(message.partition)
-            except Exception as error:  # a failed tick is retried by the next one
-                log_failure(log, error, "timer tick failed on partition %d", message.partition)
-            return
-        headers = _headers(message)
-        origin = Origin.of(message, headers, self._rekey_topic)
+    async def _read(self, record: Record, partition: int, now: datetime, read: _Read) -> None:
+        headers = _headers(record)
+        origin = Origin.of(record, headers, self._rekey)
         if origin is None:
             log.error(
-                "dropping a rekeyed record without origin headers at offset %d", message.offset
+                "dropping a rekeyed record without origin headers at offset %d", record.offset
             )
             return
-        try:
-            await self._handle(message, headers, origin)
-        except Rejected as rejection:
-            await self.dead_letter(message, headers, origin, rejection.reason, rejection.message)
-        except Exception as error:  # an escaping exception would silently kill the agent
-            log_failure(
-                log,
-                error,
-                "internal error on %s[%d]@%d",
-                origin.topic,
-                origin.partition,
-                origin.offset,
-            )
-            await self.dead_letter(
-                message, headers, origin, Reason.INTERNAL, f"{type(error).__name__}: {error}"
-            )
-
-    async def _handle(
-        self, message: Message, headers: list[tuple[str, bytes]], origin: Origin
-    ) -> None:
         config = self._engine.config
-        now = self._clock()
-        event = parse(
-            message.value,
-            headers,
-            origin.channel,
-            now=now,
-            max_bytes=config.max_event_bytes,
-            max_clock_skew=config.max_clock_skew,
-        )
+        try:
+            event = parse(
+                record.value,
+                headers,
+                origin.channel,
+                now=now,
+                max_bytes=config.max_event_bytes,
+                max_clock_skew=config.max_clock_skew,
+            )
+        except Rejected as rejection:
+            read.sends.append(
+                await self._dead_letter(
+                    record, headers, origin, rejection.reason, rejection.message
+                )
+            )
+            return
+        except Exception as error:  # a bug in the parser: reported, never a stuck partition
+            read.sends.append(await self._internal(record, headers, origin, error))
+            return
         key = event.subject.encode()
         home = partition_for(key, self._partitions)
-        if message.partition != home and message.topic != self._rekey_topic:
-            await self._forward(message, headers, origin, key, home)
+        if home != partition and record.topic != self._rekey:
+            self._metrics.rekeyed.labels(origin.channel).inc()
+            read.sends.append(
+                await self._producer.send(
+                    self._rekey, key, record.value, home, record.timestamp / 1000,
+                    [*headers, *origin.headers()],
+                )
+            )  # fmt: skip
             return
-        self._metrics.events.labels(origin.channel).inc()
-        outcome = self._engine.process(self._load(key), event, now)
-        wakeup = self._engine.next_wakeup(outcome.state)
-        self._index.schedule(message.partition, key, wakeup)
-        if not outcome.applied:
-            # a repeat changes nothing, but after a crash the repeats are the
-            # uncommitted records replayed: they put their deadlines back in the index
-            self._metrics.duplicates.labels(origin.channel).inc()
+        read.events.append((event, _Source(record, headers, origin)))
+
+    def _load(self, partition: int, subjects: Iterable[str]) -> dict[str, CustomerState | None]:
+        """The states of ``subjects``: None for a new customer, ``_UNREADABLE`` for a
+        stored state that cannot be decoded."""
+        loaded: dict[str, CustomerState | None] = {}
+        cache, metrics = self._cache, self._metrics
+        for subject in subjects:
+            key = subject.encode()
+            state = cache.get(key)
+            if state is None:
+                metrics.state_cache_misses.inc()
+                raw = self._table.get(partition, key)
+                if raw is not None:
+                    try:
+                        state = states.decode(raw)
+                    except Exception as error:
+                        log_failure(log, error, "a stored state of partition %d is unreadable",
+                                    partition)  # fmt: skip
+                        state = _UNREADABLE
+            else:
+                metrics.state_cache_hits.inc()
+            loaded[subject] = state
+        return loaded
+
+    async def _set_aside(self, read: _Read, unreadable: set[str]) -> list[tuple[Event, _Source]]:
+        """Dead-letter (``internal``) the events of customers whose stored state is
+        unreadable: their state stays as it is, for an operator to look at."""
+        kept = []
+        for event, source in read.events:
+            if event.subject in unreadable:
+                read.sends.append(
+                    await self._dead_letter(
+                        source.record, source.headers, source.origin, Reason.INTERNAL,
+                        "the customer's stored state could not be read",
+                    )
+                )  # fmt: skip
+            else:
+                kept.append((event, source))
+        return kept
+
+    def _expire(
+        self, partition: int, due: list[bytes], changed: dict[str, CustomerState], now: datetime
+    ) -> list[Outcome]:
+        if not due:
+            return []
+        subjects = [key.decode() for key in due]
+        current: dict[str, CustomerState] = {}
+        missing = [s for s in subjects if s not in changed]
+        for subject, state in self._load(partition, missing).items():
+            if state is not None and state is not _UNREADABLE:
+                current[subject] = state
+        for subject in subjects:
+            if subject in changed:
+                current[subject] = changed[subject]
+        result = self._engine.expire_batch(current, now)
+        changed.update(result.states)
+        for subject, state in current.items():
+            if subject not in result.states:  # nothing was due after all: look again later
+                self._index.schedule(partition, subject.encode(), self._engine.next_wakeup(state))
+        return result.outcomes
+
+    def _reschedule(
+        self, partition: int, due: list[bytes], changed: Mapping[str, CustomerState]
+    ) -> None:
+        for key in due:
+            state = changed.get(key.decode())
+            if state is None:
+                state = self._load(partition, [key.decode()]).get(key.decode())
+            if state is not None and state is not _UNREADABLE:
+                self._index.schedule(partition, key, self._engine.next_wakeup(state))
+
+    async def _write(
+        self,
+        partition: int,
+        read: _Read,
+        outcomes: list[Outcome],
+        expired: list[Outcome],
+        changed: dict[str, CustomerState],
+        now: datetime,
+        next_applied: Mapping[str, int],
+    ) -> None:
+        metrics = self._metrics
+        sends = read.sends
+        for (_, source), outcome in zip(read.events, outcomes, strict=True):
+            channel = source.origin.channel
+            if outcome.error is not None:
+                sends.append(
+                    await self._internal(source.record, source.headers, source.origin,
+                                         outcome.error)
+                )  # fmt: skip
+                continue
+            if not outcome.applied:
+                metrics.duplicates.labels(channel).inc()
+                continue
+            metrics.events.labels(channel).inc()
+            if outcome.behind is not None:
+                metrics.late_seconds.labels(channel).observe(outcome.behind.total_seconds())
+                if outcome.beyond:
+                    metrics.late.labels(channel).inc()
+            await self._emit(outcome, source.record.timestamp / 1000, sends)
+        for outcome in expired:
+            trigger = outcome.trigger
+            since = trigger.moment.timestamp() if trigger is not None else 0.0
+            await self._emit(outcome, since, sends)
+        documents: dict[str, bytes] = {}
+        changes: dict[bytes, bytes] = {}
+        for subject, state in changed.items():
+            document = states.encode_document(state.context)
+            documents[subject] = document
+            changes[subject.encode()] = states.encode(state, document)
+        sends.extend(await self._table.stage(partition, changes, next_applied))
+        acks = await asyncio.gather(*sends)
+        self._table.write(partition, changes, next_applied, acks[-1].offset)
+        applied_at = time.time()
+        cache, index, engine = self._cache, self._index, self._engine
+        for subject, state in changed.items():
+            key = subject.encode()
+            cache.put(key, state)
+            index.schedule(partition, key, engine.next_wakeup(state))
+            context = state.context
+            self._mirror.submit(
+                context.customer_id, context.version, documents[subject], applied_at=applied_at
+            )
+
+    async def _emit(self, outcome: Outcome, since: float, sends: list[Awaitable[Any]]) -> None:
+        """Count the suppressions; send the trigger, if any."""
+        metrics = self._metrics
+        for action, reason in outcome.suppressed:
+            metrics.suppressed.labels(action, reason.value).inc()
+        trigger = outcome.trigger
+        if trigger is None or outcome.snapshot is None:
             return
-        self._change(key, outcome.state)
-        await self._emit(outcome, message.timestamp)
+        document = states.encode_document(outcome.snapshot)
+        sent = await self._producer.send(
+            self._names.triggers[trigger.channel],
+            trigger.subject.encode(),
+            trigger_codec.encode(trigger, document),
+            None,
+            None,
+            [("content-type", trigger_codec.CONTENT_TYPE)],
+        )
+        action, channel = trigger.action, trigger.channel
+
+        def acked(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                metrics.triggers.labels(action, channel).inc()
+                metrics.trigger_latency.observe(max(0.0, time.time() - since))
+
+        if isinstance(sent, asyncio.Future):
+            sent.add_done_callback(acked)
+        sends.append(sent)
+
+    async def _dead_letter(
+        self,
+        record: Record,
+        headers: list[tuple[str, bytes]],
+        origin: Origin,
+        reason: Reason,
+        text: str,
+    ) -> Awaitable[Any]:
+        """Send the record's original bytes to ``events.deadletter`` with the reason headers."""
+        self._metrics.rejected.labels(origin.channel, reason.value).inc()
+        own = {CHANNEL_HEADER, *ORIGIN_HEADERS}
+        return await self._producer.send(
+            self._names.deadletter,
+            record.key,
+            record.value,
+            None,
+            None,
+            [
+                *((k, v) for k, v in headers if k not in own),
+                ("nextbest.error.reason", reason.value.encode()),
+                ("nextbest.error.message", text.encode("utf-8", "replace")[:1024]),
+                ("nextbest.error.topic", origin.topic.encode()),
+                ("nextbest.error.partition", str(origin.partition).encode()),
+                ("nextbest.error.offset", str(origin.offset).encode()),
+            ],
+        )
+
+    async def _internal(
+        self, record: Record, headers: list[tuple[str, bytes]], origin: Origin, error: Exception
+    ) -> Awaitable[Any]:
+        log_failure(
+            log, error, "internal error on %s[%d]@%d", origin.topic, origin.partition, origin.offset
+        )
+        return await self._dead_letter(
+            record, headers, origin, Reason.INTERNAL, f"{type(error).__name__}: {error}"
+        )
+
+    # --- around batches ------------------------------------------------------------------
+
+    def forget_states(self) -> None:
+        """Drop what is kept between batches: partitions moved."""
+        self._cache.clear()
+        self._table.forget()
 
     def report_pending(self, partitions: Iterable[int]) -> None:
         """Set ``nextbest_timers_pending`` to the deadlines of the partitions owned now."""
         self._metrics.timers_pending.set(self._index.pending(partitions))
 
-    async def tick(self, partition: int) -> None:
-        """Fire the deadlines of ``partition`` that are due on the engine's clock."""
-        now = self._clock()
-        for key in self._index.pop_due(partition, now):
-            loaded = self._load(key)
-            if loaded is None:
-                continue
-            state = loaded
-            fired = False
-            while (outcome := self._engine.expire(state, now)) is not None:
-                state, fired = outcome.state, True
-                if outcome.trigger is not None:
-                    await self._emit(outcome, outcome.trigger.moment.timestamp())
-            if fired:
-                self._change(key, state)
-            self._index.schedule(partition, key, self._engine.next_wakeup(state))
-
     def rebuild_index(self, partitions: Iterable[int]) -> None:
         """Re-read the table after an assignment: every pending deadline of ``partitions``."""
         owned = set(partitions)
         entries = []
-        for key, raw in self._table.items():
-            partition = partition_for(key, self._partitions)
-            if partition in owned:
-                due = self._engine.next_wakeup(states.decode(raw))
+        for partition in owned:
+            for key, raw in self._table.items(partition):
+                try:
+                    due = self._engine.next_wakeup(states.decode(raw))
+                except Exception as error:  # its events are dead-lettered as they come
+                    log_failure(log, error, "a stored state of partition %d is unreadable",
+                                partition)  # fmt: skip
+                    continue
                 if due is not None:
                     entries.append((partition, key, due))
         self._index.replace(owned, entries)
         self.report_pending(owned)
 
-    async def _emit(self, outcome: Outcome, since: float) -> None:
-        """Count the suppressions; send the trigger, if any."""
-        for action, reason in outcome.suppressed:
-            self._metrics.suppressed.labels(action, reason.value).inc()
-        if outcome.trigger is not None and outcome.snapshot is not None:
-            snapshot = states.encode_document(outcome.snapshot)
-            await self._send_trigger(outcome.trigger, snapshot, since)
-
-    async def _send_trigger(self, trigger: Trigger, document: bytes, since: float) -> None:
-        """Send without waiting for the ack; the ack's callback measures the latency."""
-        metrics = self._metrics
-
-        def acked(_: object) -> None:
-            metrics.triggers.labels(trigger.action, trigger.channel).inc()
-            metrics.trigger_latency.observe(max(0.0, time.time() - since))
-
-        await self._triggers[trigger.channel].send(
-            key=trigger.subject.encode(),
-            value=trigger_codec.encode(trigger, document),
-            headers=[("content-type", trigger_codec.CONTENT_TYPE)],
-            callback=acked,
-        )
-
-    async def _forward(
-        self,
-        message: Message,
-        headers: list[tuple[str, bytes]],
-        origin: Origin,
-        key: bytes,
-        partition: int,
-    ) -> None:
-        self._metrics.rekeyed.labels(origin.channel).inc()
-        await self._rekey.send(
-            key=key,
-            value=message.value,
-            partition=partition,
-            timestamp=message.timestamp,
-            headers=[*headers, *origin.headers()],
-        )
-
-    async def dead_letter(
-        self,
-        message: Message,
-        headers: list[tuple[str, bytes]],
-        origin: Origin,
-        reason: Reason,
-        text: str,
-    ) -> None:
-        """Write the record's original bytes to ``events.deadletter`` with the reason headers."""
-        self._metrics.rejected.labels(origin.channel, reason.value).inc()
-        own = {CHANNEL_HEADER, *ORIGIN_HEADERS}
-        try:
-            await self._deadletter.send(
-                key=message.key,
-                value=message.value,
-                headers=[
-                    *((k, v) for k, v in headers if k not in own),
-                    ("nextbest.error.reason", reason.value.encode()),
-                    ("nextbest.error.message", text.encode("utf-8", "replace")[:1024]),
-                    ("nextbest.error.topic", origin.topic.encode()),
-                    ("nextbest.error.partition", str(origin.partition).encode()),
-                    ("nextbest.error.offset", str(origin.offset).encode()),
-                ],
-            )
-        except Exception as error:
-            log_failure(
-                log,
-                error,
-                "could not dead-letter %s[%d]@%d (%s)",
-                origin.topic,
-                origin.partition,
-                origin.offset,
-                reason.value,
-            )
+    def restore(self, tp: Any, records: Sequence[Record]) -> bool:
+        return self._table.restore(tp, records)

@@ -2,7 +2,8 @@
 
 ``NEXTBEST_FAULT_LOSE_CHANGELOG=<partition>``: the first time the worker's
 consumer fetches each record of that partition of a ``*-changelog`` topic, the
-record is dropped instead of handed to faust. That is the stall seen in CI
+record is dropped instead of handed over (the fetch, ``_wait_next_records``,
+returns without it). That is the stall seen in CI
 after a rebalance: the consumer has read past records the table restore never
 received, so the restore waits forever unless the partition is read again.
 
@@ -16,21 +17,26 @@ import os
 _partition = os.environ.get("NEXTBEST_FAULT_LOSE_CHANGELOG")
 
 if _partition is not None:
-    from collections.abc import AsyncIterator
     from typing import Any
 
     from faust.transport import consumer as _consumer
 
     _lose = int(_partition)
-    _fetch = _consumer.Consumer.getmany
+    _fetch = _consumer.Consumer._wait_next_records
     _lost: set[tuple[str, int]] = set()
 
-    async def _losing_getmany(self: Any, **options: Any) -> AsyncIterator[tuple[Any, Any]]:
-        async for tp, message in _fetch(self, **options):
-            first_time = (tp.topic, message.offset) not in _lost
-            if tp.topic.endswith("-changelog") and tp.partition == _lose and first_time:
-                _lost.add((tp.topic, message.offset))
-                continue
-            yield tp, message
+    async def _losing_fetch(self: Any, timeout: float) -> Any:  # noqa: ASYNC109 - faust's
+        records, active = await _fetch(self, timeout)
+        if not records:
+            return records, active
+        kept = {}
+        for tp, fetched in records.items():
+            if tp.topic.endswith("-changelog") and tp.partition == _lose:
+                fresh = [r for r in fetched if (tp.topic, r.offset) not in _lost]
+                _lost.update((tp.topic, r.offset) for r in fresh)
+                fetched = [r for r in fetched if r not in fresh]
+            if fetched:
+                kept[tp] = fetched
+        return kept, active
 
-    _consumer.Consumer.getmany = _losing_getmany  # type: ignore[method-assign]
+    _consumer.Consumer._wait_next_records = _losing_fetch  # type: ignore[method-assign]
