@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from importlib import resources
 
@@ -243,7 +244,7 @@ def timer_decision(signal: SignalName, state: CustomerState, moment: datetime) -
 )
 def test_cart_reminder_follows_consent(consent_: Consent, expected: object) -> None:
     state = CustomerState.new("c-1")
-    state = state._replace(context=state.context._replace(consent=consent_))
+    state = state._replace(context=replace(state.context, consent=consent_))
     assert timer_decision(SignalName.CART_ABANDONED, state, at(0)) == expected
 
 
@@ -253,3 +254,14 @@ def test_checkout_help_goes_where_checkout_started() -> None:
         "checkout_help",
         "mobile",
     )
+
+
+def test_trigger_ids_stay_the_uuid5_they_always_were() -> None:
+    """Ids must not change across versions: channel apps drop repeats by id."""
+    import uuid
+
+    from nextbest.core.triggers import trigger_id
+
+    namespace = uuid.UUID("6d1f4a52-8f0b-5c9e-9a57-2b7c3e1f0a64")
+    for parts in [("c-1", "agent_handoff", "channel_switch", "e-2"), ("ü", "a", "b", "c")]:
+        assert trigger_id(*parts) == str(uuid.uuid5(namespace, "\x1f".join(parts)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from nextbest.core.envelope import DEFAULT_CHANNELS
 from nextbest.core.rules import RulesError, load_rules
@@ -90,3 +92,25 @@ def test_literal_targets_must_be_configured_channels() -> None:
         load(text)
     rules = load_rules(text, channels=(*DEFAULT_CHANNELS, "kiosk"))
     assert rules.rules[0].targets[0].channel == "kiosk"
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(["$action", "${channel}", "$$", "{", "}", "{x}", " "]),
+            st.text(alphabet="ab ;.", max_size=5),
+        ),
+        max_size=12,
+    )
+)
+def test_a_reason_renders_as_its_template_would(pieces: list[str]) -> None:
+    """Reasons are rendered with str.format for speed: the same text as string.Template."""
+    from string import Template
+
+    from nextbest.core.rules import _format_string
+
+    template = Template("".join(pieces))
+    values = {"action": "agent_handoff", "channel": "chat"}
+    # what load_rules accepts: valid, and only known names
+    assume(template.is_valid() and set(template.get_identifiers()) <= set(values))
+    assert _format_string(template).format_map(values) == template.safe_substitute(values)

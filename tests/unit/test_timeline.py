@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+from dataclasses import replace
 from datetime import timedelta
 from importlib import resources
 
@@ -268,8 +270,9 @@ def test_a_trigger_id_is_never_emitted_twice_and_repeats_change_nothing(
             ids.append(outcome.trigger.id)
     assert len(ids) == len(set(ids))
     assert state is not None
-    assert state.context == ENGINE.process_batch({}, arrival, NOW).states["c-1"].context._replace(
-        updated_at=state.context.updated_at, last_triggers=state.context.last_triggers
+    batch = ENGINE.process_batch({}, arrival, NOW).states["c-1"].context
+    assert state.context == replace(
+        batch, updated_at=state.context.updated_at, last_triggers=state.context.last_triggers
     )
 
 
@@ -283,3 +286,24 @@ def test_every_arrival_order_of_a_switch_journey_gives_one_context() -> None:
     expected = in_time_order(*events).context
     for order in itertools.permutations(events):
         assert arrive(*order).context == expected, [e.id for e in order]
+
+
+@settings(max_examples=200)
+@given(shuffled_journeys())
+def test_the_core_never_changes_the_state_it_is_given(
+    journey: tuple[list[Event], list[Event]],
+) -> None:
+    """The core's values are dataclasses that are never mutated (see core/context.py):
+    a state handed to the engine is exactly as it was afterwards, late events,
+    triggers and deadlines included."""
+    _, arrival = journey
+    state: CustomerState | None = None
+    for item in arrival:
+        before = copy.deepcopy(state)
+        outcome = ENGINE.process(state, item, item.time + timedelta(seconds=1))
+        assert state == before
+        state = outcome.state
+    assert state is not None
+    before = copy.deepcopy(state)
+    ENGINE.expire(state, T0 + timedelta(days=1))
+    assert state == before

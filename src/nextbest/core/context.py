@@ -4,20 +4,28 @@
 never reads a clock and never mutates. It assumes events come in ``time``
 order; :mod:`nextbest.core.timeline` takes care of the ones that do not.
 
-The values are named tuples, not frozen dataclasses: a frozen dataclass sets
-each field through ``object.__setattr__`` and costs several times as much to
-build, and the reducer builds a context per event.
+The values are dataclasses that are **never mutated** once built
+(``tests/unit/test_timeline.py`` checks that the core leaves its inputs as they
+were). They are not ``frozen``: a frozen dataclass sets each field through
+``object.__setattr__`` and costs five times as much to build, and the reducer
+builds a context per event. Being plain dataclasses (without ``__slots__``,
+which orjson writes three times slower), they are what orjson writes natively:
+:func:`encode_document` is one ``orjson.dumps`` of the context, the §6
+document, in its field order. Fields that are not part of the document start
+with an underscore (orjson leaves those out).
 
-:func:`to_document` gives the JSON-ready mapping that Redis, HTTP and triggers
-carry; :func:`from_document` reads it back. Lists are tuples and keep only their
-newest entries (``JOURNEY_KEPT`` and friends).
+:func:`from_document` reads a document back. Lists are tuples and keep only
+their newest entries (``JOURNEY_KEPT`` and friends).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
+
+import orjson
 
 from nextbest.core.envelope import Event
 
@@ -29,48 +37,59 @@ TRIGGERS_KEPT = 10
 CheckoutState = Literal["none", "started"]
 
 
-class ChannelActivity(NamedTuple):
+@dataclass
+class ChannelActivity:
     last_seen: datetime
     events: int
 
 
-class JourneySegment(NamedTuple):
+@dataclass
+class JourneySegment:
     channel: str
     since: datetime
 
 
-class CartItem(NamedTuple):
+@dataclass
+class CartItem:
     sku: str
     qty: int
     price: float
 
 
-class Cart(NamedTuple):
+@dataclass
+class Cart:
+    """The items and their value (kept, not computed, so the document carries it)."""
+
     items: tuple[CartItem, ...] = ()
+    value: float = 0.0
 
-    @property
-    def value(self) -> float:
-        return round(sum(item.qty * item.price for item in self.items), 2)
+    @classmethod
+    def of(cls, items: tuple[CartItem, ...]) -> Cart:
+        return cls(items, round(sum(item.qty * item.price for item in items), 2))
 
 
-class Checkout(NamedTuple):
+@dataclass
+class Checkout:
     state: CheckoutState = "none"
     started_at: datetime | None = None
     channel: str | None = None
 
 
-class SearchRecord(NamedTuple):
+@dataclass
+class SearchRecord:
     query: str
     results: int
     at: datetime
 
 
-class Consent(NamedTuple):
+@dataclass
+class Consent:
     email: bool = False
     mobile: bool = False
 
 
-class TriggerRecord(NamedTuple):
+@dataclass
+class TriggerRecord:
     id: str
     action: str
     channel: str
@@ -79,10 +98,10 @@ class TriggerRecord(NamedTuple):
 
 NO_CART = Cart()
 NO_CHECKOUT = Checkout()
-NO_CONSENT = Consent()
 
 
-class Context(NamedTuple):
+@dataclass
+class Context:
     """One customer's live context. ``version`` counts the events applied.
 
     The last two fields are not part of the document: the times of recent
@@ -95,16 +114,46 @@ class Context(NamedTuple):
     updated_at: datetime | None = None
     last_event_at: datetime | None = None
     current_channel: str | None = None
-    channels: Mapping[str, ChannelActivity] = {}
+    channels: Mapping[str, ChannelActivity] = field(default_factory=dict)
     journey: tuple[JourneySegment, ...] = ()
-    cart: Cart = NO_CART
-    checkout: Checkout = NO_CHECKOUT
+    cart: Cart = field(default_factory=Cart)
+    checkout: Checkout = field(default_factory=Checkout)
     recent_searches: tuple[SearchRecord, ...] = ()
     recent_products: tuple[str, ...] = ()
-    consent: Consent = NO_CONSENT
+    consent: Consent = field(default_factory=Consent)
     last_triggers: tuple[TriggerRecord, ...] = ()
-    zero_searches: tuple[datetime, ...] = ()
-    product_viewed_at: datetime | None = None
+    _zero_searches: tuple[datetime, ...] = ()
+    _product_viewed_at: datetime | None = None
+
+    @property
+    def zero_searches(self) -> tuple[datetime, ...]:
+        return self._zero_searches
+
+    @property
+    def product_viewed_at(self) -> datetime | None:
+        return self._product_viewed_at
+
+    def with_triggers(
+        self, last_triggers: tuple[TriggerRecord, ...], at: datetime | None
+    ) -> Context:
+        """The same context with ``last_triggers`` (and ``updated_at``, when given)."""
+        return Context(
+            self.customer_id,
+            self.version,
+            self.updated_at if at is None else at,
+            self.last_event_at,
+            self.current_channel,
+            self.channels,
+            self.journey,
+            self.cart,
+            self.checkout,
+            self.recent_searches,
+            self.recent_products,
+            self.consent,
+            last_triggers,
+            self._zero_searches,
+            self._product_viewed_at,
+        )
 
 
 # --- the reducer -------------------------------------------------------------------
@@ -115,8 +164,8 @@ def _add_to_cart(cart: Cart, sku: str, qty: int, price: float) -> Cart:
     for index, item in enumerate(items):
         if item.sku == sku:
             items[index] = CartItem(sku, item.qty + qty, price)
-            return Cart(tuple(items))
-    return Cart((*items, CartItem(sku, qty, price)))
+            return Cart.of(tuple(items))
+    return Cart.of((*items, CartItem(sku, qty, price)))
 
 
 def _remove_from_cart(cart: Cart, sku: str, qty: int) -> Cart:
@@ -127,7 +176,7 @@ def _remove_from_cart(cart: Cart, sku: str, qty: int) -> Cart:
                 items.append(CartItem(sku, item.qty - qty, item.price))
         else:
             items.append(item)
-    return Cart(tuple(items))
+    return Cart.of(tuple(items))
 
 
 def _remember_product(products: tuple[str, ...], sku: str) -> tuple[str, ...]:
@@ -143,59 +192,80 @@ def apply(
     search_count: int,
 ) -> Context:
     """``context`` with ``event`` applied after everything it holds, changed at ``now``."""
-    moment = event.time
-    channel = event.channel
+    return fold(context, (event,), now, search_window=search_window, search_count=search_count)
+
+
+def fold(
+    context: Context,
+    events: Iterable[Event],
+    now: datetime,
+    *,
+    search_window: timedelta,
+    search_count: int,
+) -> Context:
+    """``context`` with ``events`` applied in turn, after everything it holds.
+
+    One loop over local variables and one context at the end, rather than a
+    context per event: the timeline folds many events at once into its base.
+    """
     channels = dict(context.channels)
-    seen = channels.get(channel)
-    if seen is None:
-        channels[channel] = ChannelActivity(moment, 1)
-    else:
-        last_seen = moment if moment > seen.last_seen else seen.last_seen
-        channels[channel] = ChannelActivity(last_seen, seen.events + 1)
     journey = context.journey
-    if channel != context.current_channel:
-        journey = (*journey, JourneySegment(channel, moment))[-JOURNEY_KEPT:]
+    current = context.current_channel
     last_event_at = context.last_event_at
-    if last_event_at is None or moment > last_event_at:
-        last_event_at = moment
     cart = context.cart
     checkout = context.checkout
     searches = context.recent_searches
     products = context.recent_products
     consent = context.consent
-    zero_searches = context.zero_searches
-    viewed_at = context.product_viewed_at
-    kind = event.type
-    data = event.data
-    if kind == "product.viewed":
-        products = _remember_product(products, data["sku"])
-        if viewed_at is None or moment > viewed_at:
-            viewed_at = moment
-    elif kind == "product.scanned":
-        products = _remember_product(products, data["sku"])
-    elif kind == "search.performed":
-        results = data["results"]
-        searches = (*searches, SearchRecord(data["query"], results, moment))[-SEARCHES_KEPT:]
-        if results == 0:
-            recent = (t for t in zero_searches if moment - t < search_window)
-            # one more than the threshold is enough to tell "the N-th" from later ones
-            zero_searches = (*recent, moment)[-(search_count + 1) :]
-    elif kind == "cart.item_added":
-        cart = _add_to_cart(cart, data["sku"], data["qty"], float(data["price"]))
-    elif kind == "cart.item_removed":
-        cart = _remove_from_cart(cart, data["sku"], data["qty"])
-    elif kind == "checkout.started":
-        checkout = Checkout("started", moment, channel)
-    elif kind == "order.placed":
-        cart, checkout = NO_CART, NO_CHECKOUT
-    elif kind == "consent.updated":
-        consent = Consent(data.get("email", consent.email), data.get("mobile", consent.mobile))
+    zero_searches = context._zero_searches
+    viewed_at = context._product_viewed_at
+    version = context.version
+    for event in events:
+        version += 1
+        moment = event.time
+        channel = event.channel
+        seen = channels.get(channel)
+        if seen is None:
+            channels[channel] = ChannelActivity(moment, 1)
+        else:
+            last_seen = moment if moment > seen.last_seen else seen.last_seen
+            channels[channel] = ChannelActivity(last_seen, seen.events + 1)
+        if channel != current:
+            journey = (*journey, JourneySegment(channel, moment))[-JOURNEY_KEPT:]
+            current = channel
+        if last_event_at is None or moment > last_event_at:
+            last_event_at = moment
+        kind = event.type
+        data = event.data
+        if kind == "product.viewed":
+            products = _remember_product(products, data["sku"])
+            if viewed_at is None or moment > viewed_at:
+                viewed_at = moment
+        elif kind == "product.scanned":
+            products = _remember_product(products, data["sku"])
+        elif kind == "search.performed":
+            results = data["results"]
+            searches = (*searches, SearchRecord(data["query"], results, moment))[-SEARCHES_KEPT:]
+            if results == 0:
+                recent = (t for t in zero_searches if moment - t < search_window)
+                # one more than the threshold is enough to tell "the N-th" from later ones
+                zero_searches = (*recent, moment)[-(search_count + 1) :]
+        elif kind == "cart.item_added":
+            cart = _add_to_cart(cart, data["sku"], data["qty"], float(data["price"]))
+        elif kind == "cart.item_removed":
+            cart = _remove_from_cart(cart, data["sku"], data["qty"])
+        elif kind == "checkout.started":
+            checkout = Checkout("started", moment, channel)
+        elif kind == "order.placed":
+            cart, checkout = NO_CART, NO_CHECKOUT
+        elif kind == "consent.updated":
+            consent = Consent(data.get("email", consent.email), data.get("mobile", consent.mobile))
     return Context(
         context.customer_id,
-        context.version + 1,
+        version,
         now,
         last_event_at,
-        channel,
+        current,
         channels,
         journey,
         cart,
@@ -211,42 +281,18 @@ def apply(
 
 # --- the document ------------------------------------------------------------------
 
+_JSON = orjson.OPT_UTC_Z
+
+
+def encode_document(context: Context) -> bytes:
+    """The §6 document as the JSON bytes that Redis, HTTP and triggers carry."""
+    return orjson.dumps(context, option=_JSON)
+
 
 def to_document(context: Context) -> dict[str, Any]:
-    """The §6 document: plain dicts and lists, datetimes left for the JSON encoder."""
-    cart = context.cart
-    checkout = context.checkout
-    consent = context.consent
-    return {
-        "customer_id": context.customer_id,
-        "version": context.version,
-        "updated_at": context.updated_at,
-        "last_event_at": context.last_event_at,
-        "current_channel": context.current_channel,
-        "channels": {
-            name: {"last_seen": activity.last_seen, "events": activity.events}
-            for name, activity in context.channels.items()
-        },
-        "journey": [{"channel": s.channel, "since": s.since} for s in context.journey],
-        "cart": {
-            "items": [{"sku": i.sku, "qty": i.qty, "price": i.price} for i in cart.items],
-            "value": cart.value,
-        },
-        "checkout": {
-            "state": checkout.state,
-            "started_at": checkout.started_at,
-            "channel": checkout.channel,
-        },
-        "recent_searches": [
-            {"query": s.query, "results": s.results, "at": s.at} for s in context.recent_searches
-        ],
-        "recent_products": list(context.recent_products),
-        "consent": {"email": consent.email, "mobile": consent.mobile},
-        "last_triggers": [
-            {"id": t.id, "action": t.action, "channel": t.channel, "at": t.at}
-            for t in context.last_triggers
-        ],
-    }
+    """The §6 document as plain data (what :func:`encode_document` writes, read back)."""
+    document: dict[str, Any] = orjson.loads(encode_document(context))
+    return document
 
 
 def _time(value: Any) -> datetime:
@@ -263,39 +309,36 @@ def from_document(
     zero_searches: tuple[datetime, ...] = (),
     product_viewed_at: datetime | None = None,
 ) -> Context:
-    """Read a document written by :func:`to_document` (after a JSON round trip)."""
+    """Read a document written by :func:`encode_document`."""
     checkout = document["checkout"]
     consent = document["consent"]
+    cart = document["cart"]
     return Context(
-        customer_id=document["customer_id"],
-        version=document["version"],
-        updated_at=_maybe_time(document["updated_at"]),
-        last_event_at=_maybe_time(document["last_event_at"]),
-        current_channel=document["current_channel"],
-        channels={
+        document["customer_id"],
+        document["version"],
+        _maybe_time(document["updated_at"]),
+        _maybe_time(document["last_event_at"]),
+        document["current_channel"],
+        {
             name: ChannelActivity(_time(activity["last_seen"]), activity["events"])
             for name, activity in document["channels"].items()
         },
-        journey=tuple(JourneySegment(s["channel"], _time(s["since"])) for s in document["journey"]),
-        cart=Cart(
-            tuple(
-                CartItem(item["sku"], item["qty"], item["price"])
-                for item in document["cart"]["items"]
-            )
+        tuple(JourneySegment(s["channel"], _time(s["since"])) for s in document["journey"]),
+        Cart(
+            tuple(CartItem(item["sku"], item["qty"], item["price"]) for item in cart["items"]),
+            cart["value"],
         ),
-        checkout=Checkout(
-            checkout["state"], _maybe_time(checkout["started_at"]), checkout["channel"]
-        ),
-        recent_searches=tuple(
+        Checkout(checkout["state"], _maybe_time(checkout["started_at"]), checkout["channel"]),
+        tuple(
             SearchRecord(s["query"], s["results"], _time(s["at"]))
             for s in document["recent_searches"]
         ),
-        recent_products=tuple(document["recent_products"]),
-        consent=Consent(email=consent["email"], mobile=consent["mobile"]),
-        last_triggers=tuple(
+        tuple(document["recent_products"]),
+        Consent(consent["email"], consent["mobile"]),
+        tuple(
             TriggerRecord(t["id"], t["action"], t["channel"], _time(t["at"]))
             for t in document["last_triggers"]
         ),
-        zero_searches=zero_searches,
-        product_viewed_at=product_viewed_at,
+        zero_searches,
+        product_viewed_at,
     )

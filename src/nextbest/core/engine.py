@@ -72,9 +72,8 @@ class Engine:
             return Outcome(before, applied=False)
         placed = place(before, event, now, self._bounds)
         if not placed.signals:
-            return Outcome(placed.state, True, behind=placed.behind, beyond=placed.beyond)
-        outcome = self._decide(placed.state, placed.signals, now)
-        return outcome._replace(behind=placed.behind, beyond=placed.beyond)
+            return Outcome(placed.state, True, (), None, None, (), placed.behind, placed.beyond)
+        return self._decide(placed.state, placed.signals, now, placed.behind, placed.beyond)
 
     def process_batch(
         self, states: Mapping[str, CustomerState | None], events: Iterable[Event], now: datetime
@@ -128,7 +127,14 @@ class Engine:
                 outcomes.append(outcome)
         return Batch(changed, outcomes)
 
-    def _decide(self, after: CustomerState, signals: tuple[Signal, ...], now: datetime) -> Outcome:
+    def _decide(
+        self,
+        after: CustomerState,
+        signals: tuple[Signal, ...],
+        now: datetime,
+        behind: timedelta | None = None,
+        beyond: bool = False,
+    ) -> Outcome:
         config = self.config
         decision = decide(
             self.rules,
@@ -140,7 +146,7 @@ class Engine:
             max_signal_age=config.max_signal_age,
         )
         if decision.winner is None:
-            return Outcome(after, True, signals, suppressed=decision.suppressed)
+            return Outcome(after, True, signals, None, None, decision.suppressed, behind, beyond)
         trigger = build(decision.winner, after.context, now)
         return Outcome(
             record_trigger(after, trigger.record, trigger.moment),
@@ -149,4 +155,6 @@ class Engine:
             trigger,
             after.context,
             decision.suppressed,
+            behind,
+            beyond,
         )

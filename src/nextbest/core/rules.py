@@ -36,11 +36,11 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from string import Template
-from typing import Any
+from typing import Any, NamedTuple
 
 from nextbest.core.context import Context
 from nextbest.core.signals import Signal, SignalName
@@ -60,8 +60,7 @@ class Suppression(StrEnum):
     STALE = "stale"
 
 
-@dataclass(frozen=True, slots=True)
-class Situation:
+class Situation(NamedTuple):
     """What a condition may look at: the signal and the customer's context right
     after the event that raised it (for a timer signal: now)."""
 
@@ -100,6 +99,14 @@ class Rule:
     reason: Template
     condition: Predicate
     line: int
+    reason_format: str = field(init=False)  # the template as a str.format string: faster
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason_format", _format_string(self.reason))
+
+    def explain(self, values: Mapping[str, object]) -> str:
+        """The reason with ``values`` in it (what ``reason.safe_substitute`` gives)."""
+        return self.reason_format.format_map(values)
 
     def target(self, situation: Situation) -> str | None:
         for target in self.targets:
@@ -109,15 +116,13 @@ class Rule:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
+class Choice(NamedTuple):
     rule: Rule
     signal: Signal
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """At most one winner; every other matching rule with its suppression reason."""
 
     winner: Choice | None
@@ -127,6 +132,13 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     rules: tuple[Rule, ...]
+    by_signal: Mapping[SignalName, tuple[Rule, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        by_signal = {
+            name: tuple(rule for rule in self.rules if rule.signal == name) for name in SignalName
+        }
+        object.__setattr__(self, "by_signal", by_signal)
 
     @property
     def actions(self) -> tuple[str, ...]:
@@ -151,26 +163,27 @@ def decide(
     """
     suppressed: list[tuple[str, Suppression]] = []
     candidates: list[Choice] = []
-    for rule in rules.rules:
-        for signal in signals:
-            if signal.name != rule.signal:
-                continue
-            context = signal.context if signal.context is not None else state.context
-            situation = Situation(signal, context, journey_window)
-            if not rule.condition(situation):
-                continue
-            if now - signal.moment > max_signal_age:
-                suppressed.append((rule.action, Suppression.STALE))
-                continue
-            channel = rule.target(situation)
-            if channel is None:
-                suppressed.append((rule.action, Suppression.CONSENT))
-                continue
-            last = state.last_fired.get(rule.action)
-            if last is not None and abs(signal.moment - last) < cooldown:
-                suppressed.append((rule.action, Suppression.COOLDOWN))
-                continue
-            candidates.append(Choice(rule, signal, channel))
+    if len(signals) == 1:  # the common case: that signal's rules, in row order
+        pairs = [(rule, signals[0]) for rule in rules.by_signal[signals[0].name]]
+    else:
+        pairs = [(r, s) for r in rules.rules for s in signals if s.name == r.signal]
+    for rule, signal in pairs:
+        context = signal.context if signal.context is not None else state.context
+        situation = Situation(signal, context, journey_window)
+        if not rule.condition(situation):
+            continue
+        if now - signal.moment > max_signal_age:
+            suppressed.append((rule.action, Suppression.STALE))
+            continue
+        channel = rule.target(situation)
+        if channel is None:
+            suppressed.append((rule.action, Suppression.CONSENT))
+            continue
+        last = state.last_fired.get(rule.action)
+        if last is not None and abs(signal.moment - last) < cooldown:
+            suppressed.append((rule.action, Suppression.COOLDOWN))
+            continue
+        candidates.append(Choice(rule, signal, channel))
     if not candidates:
         return Decision(None, tuple(suppressed))
     winner = max(candidates, key=lambda choice: choice.rule.priority)  # first of equals
@@ -261,7 +274,18 @@ def _condition(table: Mapping[str, Any]) -> Predicate:
             parts.append(build(value))
         except ValueError as error:
             raise ValueError(f"condition {name} {error}") from None
-    return lambda s: all(part(s) for part in parts)
+    if not parts:
+        return lambda s: True
+    if len(parts) == 1:
+        return parts[0]
+
+    def every(s: Situation) -> bool:  # a loop: all() over a generator costs a frame per call
+        for part in parts:  # noqa: SIM110
+            if not part(s):
+                return False
+        return True
+
+    return every
 
 
 # --- loading -----------------------------------------------------------------------
@@ -309,6 +333,22 @@ def _target(text: object, channels: Sequence[str]) -> Target:
             f"nor one of the channels ({', '.join(channels)})"
         )
     return Target(channel, consent)
+
+
+def _format_string(template: Template) -> str:
+    """``template`` (a valid one, of known names) as the equivalent ``str.format`` string."""
+    pieces: list[str] = []
+    text = template.template
+    done = 0
+    for match in template.pattern.finditer(text):
+        pieces.append(text[done : match.start()].replace("{", "{{").replace("}", "}}"))
+        if match.group("escaped") is not None:
+            pieces.append("$")
+        else:
+            pieces.append("{" + (match.group("named") or match.group("braced")) + "}")
+        done = match.end()
+    pieces.append(text[done:].replace("{", "{{").replace("}", "}}"))
+    return "".join(pieces)
 
 
 def _reason(text: object) -> Template:

@@ -26,12 +26,14 @@ from nextbest.core.context import (
     TRIGGERS_KEPT,
     Context,
     TriggerRecord,
+    encode_document,
     from_document,
-    to_document,
 )
 from nextbest.core.envelope import DATA_FIELDS, Event
 
 _JSON = orjson.OPT_UTC_Z
+__all__ = ["CustomerState", "Step", "decode", "encode", "encode_base", "encode_document"]
+
 SEEN_KEPT = 100
 FORMAT = 2  # of the encoded state; 1 had no timeline (no "v" key)
 
@@ -86,23 +88,27 @@ def is_duplicate(state: CustomerState, event: Event) -> bool:
 def record_trigger(state: CustomerState, record: TriggerRecord, moment: datetime) -> CustomerState:
     """Remember an emitted trigger: in ``last_triggers``, and its signal's ``moment``
     for its action's cooldown."""
-    context = state.context._replace(
-        updated_at=record.at,
-        last_triggers=(*state.context.last_triggers, record)[-TRIGGERS_KEPT:],
+    context = state.context.with_triggers(
+        (*state.context.last_triggers, record)[-TRIGGERS_KEPT:], record.at
     )
     last_fired = {**state.last_fired, record.action: moment}
-    return state._replace(context=context, last_fired=last_fired)
+    return CustomerState(
+        context,
+        state.base,
+        state.base_encoded,
+        state.recent,
+        state.recent_bytes,
+        state.seen_ids,
+        last_fired,
+        state.fired,
+    )
 
 
 # --- bytes, for the table and its changelog -----------------------------------------
 
 
-def encode_document(context: Context) -> bytes:
-    """The §6 document as the JSON bytes that Redis and HTTP serve."""
-    return orjson.dumps(to_document(context), option=_JSON)
-
-
 def _extras(context: Context) -> dict[str, Any]:
+    """What the stored state keeps beside the document: the context's underscore fields."""
     return {"zero_searches": context.zero_searches, "product_viewed_at": context.product_viewed_at}
 
 
@@ -110,7 +116,8 @@ def encode_base(base: Context) -> bytes:
     """How ``base`` is stored: ``null`` while no event is folded into it."""
     if base.version == 0:
         return b"null"
-    return orjson.dumps({"document": to_document(base), "extras": _extras(base)}, option=_JSON)
+    document = orjson.Fragment(encode_document(base))
+    return orjson.dumps({"document": document, "extras": _extras(base)}, option=_JSON)
 
 
 def encode(state: CustomerState, document: bytes | None = None) -> bytes:
@@ -119,7 +126,9 @@ def encode(state: CustomerState, document: bytes | None = None) -> bytes:
     return orjson.dumps(
         {
             "v": FORMAT,
-            "context": orjson.Fragment(document) if document is not None else to_document(context),
+            "context": orjson.Fragment(
+                document if document is not None else encode_document(context)
+            ),
             "extras": _extras(context),
             "base": orjson.Fragment(state.base_encoded),
             "recent": [orjson.Fragment(s.encoded) for s in state.recent],
@@ -149,7 +158,7 @@ def decode(raw: bytes) -> CustomerState:
             "product_viewed_at": stored["product_viewed_at"],
         }
         context = _context(stored["context"], extras)
-        base = context._replace(last_triggers=())
+        base = context.with_triggers((), None)
         return CustomerState(
             context,
             base,

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from nextbest.core.context import Context, apply
+from nextbest.core.context import Context, apply, fold
 from nextbest.core.envelope import Event
 from nextbest.core.signals import SIGNAL_BITS, Signal, detect
 from nextbest.core.state import SEEN_KEPT, CustomerState, Step, encode_base
@@ -88,7 +88,7 @@ def place(state: CustomerState, event: Event, now: datetime, bounds: Bounds) -> 
         return _replay(state, event, now, bounds, seen_ids, behind)
     base = _fold(state.base, (event,), now, bounds)
     context = _fold(base, (s.event for s in recent), now, bounds)
-    context = context._replace(last_triggers=state.context.last_triggers)
+    context = context.with_triggers(state.context.last_triggers, None)
     placed = CustomerState(
         context,
         base,
@@ -173,7 +173,7 @@ def _replay(
         raised = 0 if index == position else step.raised
         revealed.extend(s for s in found if not raised & SIGNAL_BITS[s.name])
         steps.append(step._replace(raised=raised | _bits(found)))
-    context = context._replace(last_triggers=state.context.last_triggers)
+    context = context.with_triggers(state.context.last_triggers, None)
     base, encoded = state.base, state.base_encoded
     kept = tuple(steps)
     size = state.recent_bytes + inserted.size
@@ -187,15 +187,9 @@ def _replay(
 
 
 def _fold(context: Context, events: Iterable[Event], now: datetime, bounds: Bounds) -> Context:
-    for event in events:
-        context = apply(
-            context,
-            event,
-            now,
-            search_window=bounds.search_window,
-            search_count=bounds.search_count,
-        )
-    return context
+    return fold(
+        context, events, now, search_window=bounds.search_window, search_count=bounds.search_count
+    )
 
 
 def _trim(

@@ -7,6 +7,7 @@ and state always give the same id and channel apps can drop repeats.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from typing import NamedTuple
@@ -20,6 +21,7 @@ CONTENT_TYPE = b"application/cloudevents+json; charset=utf-8"
 SOURCE = "/nextbest"
 TYPE = "nextbest.trigger"
 _NAMESPACE = uuid.UUID("6d1f4a52-8f0b-5c9e-9a57-2b7c3e1f0a64")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
 
 
 class Trigger(NamedTuple):
@@ -41,7 +43,13 @@ class Trigger(NamedTuple):
 
 
 def trigger_id(subject: str, action: str, signal: str, cause: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, "\x1f".join((subject, action, signal, cause))))
+    """``uuid.uuid5(_NAMESPACE, subject␟action␟signal␟cause)``, formatted directly."""
+    name = "\x1f".join((subject, action, signal, cause)).encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def build(choice: Choice, context: Context, now: datetime) -> Trigger:
@@ -49,14 +57,17 @@ def build(choice: Choice, context: Context, now: datetime) -> Trigger:
     rule, signal = choice.rule, choice.signal
     moment_context = signal.context if signal.context is not None else context
     cause = signal.caused_by if signal.caused_by is not None else signal.moment.isoformat()
-    reason = rule.reason.safe_substitute(
-        action=rule.action,
-        signal=signal.name.value,
-        channel=choice.channel,
-        signal_channel=signal.channel,
-        from_channel=signal.from_channel or "nowhere",
-        cart_items=sum(item.qty for item in moment_context.cart.items),
-        cart_value=f"{moment_context.cart.value:.2f}",
+    cart = moment_context.cart
+    reason = rule.explain(
+        dict(
+            action=rule.action,
+            signal=signal.name.value,
+            channel=choice.channel,
+            signal_channel=signal.channel,
+            from_channel=signal.from_channel or "nowhere",
+            cart_items=sum(item.qty for item in cart.items) if cart.items else 0,
+            cart_value=f"{cart.value:.2f}" if cart.items else "0.00",
+        )
     )
     return Trigger(
         id=trigger_id(context.customer_id, rule.action, signal.name.value, cause),
