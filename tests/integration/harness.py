@@ -348,3 +348,33 @@ async def applied(redis_url: str, customer: str, version: int) -> dict[str, Any]
         return found
     finally:
         await client.aclose()
+
+
+def nextbest(
+    *args: str,
+    bootstrap: str,
+    redis_url: str,
+    stdin: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 90.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``nextbest <args>`` as a user does, with the test services in its settings."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nextbest.cli", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        env={
+            **os.environ,
+            "NEXTBEST_KAFKA_BOOTSTRAP": bootstrap,
+            "NEXTBEST_REDIS_URL": redis_url,
+            **(env or {}),
+        },
+    )
+    return subprocess.CompletedProcess(
+        done.args,
+        done.returncode,
+        done.stdout.decode("utf-8", "replace"),
+        done.stderr.decode("utf-8", "replace"),
+    )
