@@ -127,12 +127,12 @@ async def _replay_scenario(
     assert status == 0
     assert sorted(lines[:-1]) == sorted([
         f"sent {first[rich]} -> events.web (too_large)",
-        f"skipped {first[broken]}: replayed before and rejected again (--again to send it anyway)",
-        f"skipped {second}: a replay that was rejected again (--again to send it anyway)",
+        f"skipped {first[broken]}: its replay was rejected again (--again sends it anyway)",
+        f"skipped {second}: it is the replay of {first[broken]}, rejected again "
+        "(--again sends it anyway)",
     ])  # fmt: skip
     assert lines[-1].startswith(
-        "replay: 1 sent, 1 skipped (a replay that was rejected again (--again to send it anyway)), "
-        "1 skipped (replayed before and rejected again (--again to send it anyway)), "
+        "replay: 1 sent, 2 skipped (already replayed and rejected again; --again sends it anyway), "
     )
     # ... and the applied one, sent twice as the README says, counts once
     await eventually(

@@ -184,10 +184,11 @@ async def replay(
             if not selection.keeps(record, headers):
                 tally.not_matching += 1
                 continue
-            why = _refusal(headers, here, tried, again, settings)
-            if why is not None:
-                tally.skipped[why] += 1
-                say(f"skipped {here}: {why}")
+            refusal = _refusal(headers, here, tried, again, settings)
+            if refusal is not None:
+                kind, detail = refusal
+                tally.skipped[kind] += 1
+                say(f"skipped {here}: {detail}")
                 continue
             topic = headers[ERROR_PREFIX + "topic"].decode()
             reason = headers.get(ERROR_PREFIX + "reason", b"?").decode("utf-8", "replace")
@@ -214,19 +215,25 @@ async def replay(
     return tally
 
 
+AGAIN = "already replayed and rejected again; --again sends it anyway"
+
+
 def _refusal(
     headers: dict[str, bytes], here: str, tried: set[str], again: bool, settings: Settings
-) -> str | None:
-    """Why this dead letter is not sent, or None."""
+) -> tuple[str, str] | None:
+    """Why this dead letter is not sent, as (kind, detail), or None."""
     origin = headers.get(ERROR_PREFIX + "topic", b"").decode("utf-8", "replace")
+    if not origin:
+        return "no original topic", "it has no nextbest.error.topic header"
     if origin not in {event_topic(channel) for channel in settings.channels}:
-        return "its original topic is not one the engine reads" if origin else "no original topic"
+        return "not an events topic", f"the engine does not read {origin}"
     if again:
         return None
     if REPLAY_FROM in headers:
-        return "a replay that was rejected again (--again to send it anyway)"
+        source = headers[REPLAY_FROM].decode("utf-8", "replace")
+        return AGAIN, f"it is the replay of {source}, rejected again (--again sends it anyway)"
     if here in tried:
-        return "replayed before and rejected again (--again to send it anyway)"
+        return AGAIN, "its replay was rejected again (--again sends it anyway)"
     return None
 
 
