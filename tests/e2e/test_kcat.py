@@ -65,7 +65,8 @@ async def test_a_kcat_binary_mode_event_is_applied_by_the_worker(
     added = f"kcat-{uuid.uuid4().hex[:8]}"
     # binary content mode: the README's kcat line
     kcat(
-        "-P", "-b", kafka_bootstrap, "-t", "events.web", "-k", customer,
+        "-P", "-b", kafka_bootstrap, "-X", "topic.partitioner=murmur2_random",
+        "-t", "events.web", "-k", customer,
         "-H", "ce_specversion=1.0", "-H", f"ce_id={added}", "-H", "ce_source=/shell/kcat",
         "-H", "ce_type=cart.item_added", "-H", f"ce_time={now()}", "-H", f"ce_subject={customer}",
         "-H", "content-type=application/json",
@@ -82,7 +83,7 @@ async def test_a_kcat_binary_mode_event_is_applied_by_the_worker(
         "type": "session.started", "time": now(), "subject": customer, "data": {},
     }  # fmt: skip
     kcat(
-        "-P", "-b", kafka_bootstrap, "-t", "events.mobile", "-k", customer,
+        "-P", "-b", kafka_bootstrap, "-t", "events.mobile", "-k", customer,  # rekeyed on arrival
         "-H", "content-type=application/cloudevents+json",
         stdin=orjson.dumps(event) + b"\n",
     )  # fmt: skip
