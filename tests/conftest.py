@@ -202,9 +202,9 @@ def _contexts_in_redis_conform(redis_url: str) -> Iterator[None]:
                 if isinstance(updated, str) and datetime.fromisoformat(updated) < began:
                     continue  # an earlier session's
                 checked += 1
-                problems += [
-                    f"{key.decode()}: {p}" for p in contract.errors("context.json", document)
-                ]
+                found = contract.errors("context.json", document)
+                broken += bool(found)
+                problems += [f"{key.decode()}: {problem}" for problem in found]
     finally:
         client.close()
     CHECKED_CONTEXTS.append((checked, broken))
