@@ -31,7 +31,7 @@ import argparse
 import asyncio
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -130,13 +130,12 @@ async def _range(
     return {tp: (starts[tp], ends[tp]) for tp in found if starts[tp] < ends[tp]}
 
 
-async def _scan(
+async def _letters(
     consumer: AIOKafkaConsumer, ranges: dict[TopicPartition, tuple[int, int]]
-) -> list[KafkaRecord]:
-    """Every record in ``ranges``, partition by partition in offset order."""
-    found: list[KafkaRecord] = []
+) -> AsyncIterator[KafkaRecord]:
+    """Every record in ``ranges`` (each partition in offset order), read from the broker."""
     if not ranges:
-        return found
+        return
     consumer.assign(list(ranges))
     for tp, (start, _) in ranges.items():
         consumer.seek(tp, start)
@@ -145,13 +144,12 @@ async def _scan(
         batches = await consumer.getmany(*pending, timeout_ms=1000)
         for tp, records in batches.items():
             end = ranges[tp][1]
-            found += [r for r in records if r.offset < end]
-            if records and records[-1].offset >= end - 1:
-                pending.discard(tp)
+            for record in records:
+                if record.offset < end:
+                    yield record
         for tp in list(pending):
             if await consumer.position(tp) >= ranges[tp][1]:
                 pending.discard(tp)
-    return found
 
 
 async def replay(
@@ -162,57 +160,92 @@ async def replay(
     again: bool = False,
     say: Print = print,
 ) -> Tally:
-    """Replay what ``selection`` picks; see the module's docstring for the rule."""
+    """Replay what ``selection`` picks; see the module's docstring for the rule.
+
+    Two passes over the same offsets, so that memory does not grow with the topic:
+    the first finds the dead letters whose replay was rejected again, the second
+    sends.
+    """
     consumer = await start_consumer(settings, max_partition_fetch_bytes=4 * 1024 * 1024)
+    producer = None
+    tally = Tally()
     try:
-        letters = await _scan(consumer, await _range(settings, consumer, selection.since))
+        ranges = await _range(settings, consumer, selection.since)
+        tried = {
+            value.decode("utf-8", "replace")
+            async for record in _letters(consumer, ranges)
+            for name, value in record.headers
+            if name == REPLAY_FROM
+        }
+        producer = None if dry_run else await start_producer(settings, acks="all")
+        pending: list[tuple[str, asyncio.Future[object]]] = []
+        async for record in _letters(consumer, ranges):
+            tally.read += 1
+            outgoing = _decide(record, selection, tried, again, settings, tally, say, dry_run)
+            if outgoing is None or producer is None:
+                continue
+            here, topic = outgoing
+            future = await producer.send(
+                topic,
+                record.value,
+                key=record.key,
+                headers=replay_headers(record.headers, here, datetime.now(UTC)),
+            )
+            pending.append((here, future))
+            if len(pending) >= ACK_EVERY:
+                await _settle(pending, tally, say)
+        await _settle(pending, tally, say)
     finally:
         await consumer.stop()
-    tried = {
-        value.decode("utf-8", "replace")
-        for record in letters
-        for name, value in record.headers
-        if name == REPLAY_FROM
-    }  # dead letters replayed before whose replay was rejected again
-    tally = Tally(read=len(letters))
-    producer = None if dry_run else await start_producer(settings, acks="all")
-    pending: list[tuple[str, asyncio.Future[object]]] = []
-    try:
-        for record in letters:
-            headers = dict(record.headers)
-            here = place(record.partition, record.offset)
-            if not selection.keeps(record, headers):
-                tally.not_matching += 1
-                continue
-            refusal = _refusal(headers, here, tried, again, settings)
-            if refusal is not None:
-                kind, detail = refusal
-                tally.skipped[kind] += 1
-                say(f"skipped {here}: {detail}")
-                continue
-            topic = headers[ERROR_PREFIX + "topic"].decode()
-            reason = headers.get(ERROR_PREFIX + "reason", b"?").decode("utf-8", "replace")
-            tally.sent += 1
-            say(f"{'would send' if dry_run else 'sent'} {here} -> {topic} ({reason})")
-            if producer is not None:
-                future = await producer.send(
-                    topic,
-                    record.value,
-                    key=record.key,
-                    headers=replay_headers(record.headers, here, datetime.now(UTC)),
-                )
-                pending.append((here, future))
-        for here, future in pending:
-            try:
-                await future
-            except KafkaError as error:
-                tally.sent -= 1
-                tally.failed += 1
-                say(f"failed {here}: {type(error).__name__}")
-    finally:
         if producer is not None:
             await producer.stop()
     return tally
+
+
+ACK_EVERY = 1000  # sends awaited in groups of this many
+
+
+def _decide(
+    record: KafkaRecord,
+    selection: Selection,
+    tried: set[str],
+    again: bool,
+    settings: Settings,
+    tally: Tally,
+    say: Print,
+    dry_run: bool,
+) -> tuple[str, str] | None:
+    """Where this dead letter goes back to, or None (counted and said either way)."""
+    headers = dict(record.headers)
+    here = place(record.partition, record.offset)
+    if not selection.keeps(record, headers):
+        tally.not_matching += 1
+        return None
+    refusal = _refusal(headers, here, tried, again, settings)
+    if refusal is not None:
+        kind, detail = refusal
+        tally.skipped[kind] += 1
+        say(f"skipped {here}: {detail}")
+        return None
+    topic = headers[ERROR_PREFIX + "topic"].decode()
+    reason = headers.get(ERROR_PREFIX + "reason", b"?").decode("utf-8", "replace")
+    tally.sent += 1
+    say(f"{'would send' if dry_run else 'sent'} {here} -> {topic} ({reason})")
+    return here, topic
+
+
+async def _settle(
+    pending: list[tuple[str, asyncio.Future[object]]], tally: Tally, say: Print
+) -> None:
+    """Wait for the broker's answers; a send it refused is counted as failed, not sent."""
+    for here, future in pending:
+        try:
+            await future
+        except KafkaError as error:
+            tally.sent -= 1
+            tally.failed += 1
+            say(f"failed {here}: {type(error).__name__}")
+    pending.clear()
 
 
 AGAIN = "already replayed and rejected again; --again sends it anyway"
