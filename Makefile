@@ -14,7 +14,7 @@ BENCH_VENV := .dev/bench/venv
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_ARGS ?=
 
-.PHONY: help install tools up down status lint typecheck unit integration e2e test run bench bench-cost clean
+.PHONY: help install tools asyncapi up down status lint typecheck unit integration e2e test run bench bench-cost clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,8 +28,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install nextbest with its dev tools
 
-tools: ## promtool, helm, checkov, kubernetes-validate, chromium: built/installed once into .dev/tools
+tools: ## promtool, helm, checkov, kubernetes-validate, the AsyncAPI parser, chromium, kcat: installed once
 	@bash deploy/tools/install.sh
+
+asyncapi: $(STAMP) ## write src/nextbest/schemas/asyncapi.json (served at /asyncapi.json) from docs/asyncapi.yaml
+	$(BIN)/python deploy/tools/asyncapi/bundle.py
+	node deploy/tools/asyncapi/validate.mjs docs/asyncapi.yaml src/nextbest/schemas/asyncapi.json
 
 up: $(STAMP) ## start local Kafka (9092) and Redis (6379), without Docker
 	$(BIN)/nextbest dev up

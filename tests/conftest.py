@@ -23,8 +23,10 @@ import subprocess
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
 from nextbest.devstack.probes import kafka_problem
@@ -172,11 +174,57 @@ def _needs_services(item: pytest.Item) -> bool:
     return any(item.get_closest_marker(tier) for tier in NEEDS_SERVICES)
 
 
+CHECKED_CONTEXTS: list[tuple[int, int]] = []  # (checked, broken) per session
+
+
+@pytest.fixture(scope="session")
+def _contexts_in_redis_conform(redis_url: str) -> Iterator[None]:
+    """At the end of the session, every context the session's workers left in Redis
+    (``nextbest:context:*`` written since it began) matches context.json."""
+    import redis
+
+    from tests import contract
+
+    began = datetime.now(UTC) - timedelta(seconds=5)
+    yield
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    problems: list[str] = []
+    checked = broken = 0
+    try:
+        keys = list(client.scan_iter(match="nextbest:context:*", count=1000))
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            for key, raw in zip(chunk, client.mget(chunk), strict=True):
+                if raw is None:  # expired or erased meanwhile
+                    continue
+                document = orjson.loads(raw)
+                updated = document.get("updated_at") if isinstance(document, dict) else None
+                if isinstance(updated, str) and datetime.fromisoformat(updated) < began:
+                    continue  # an earlier session's
+                checked += 1
+                found = contract.errors("context.json", document)
+                broken += bool(found)
+                problems += [f"{key.decode()}: {problem}" for problem in found]
+    finally:
+        client.close()
+    CHECKED_CONTEXTS.append((checked, broken))
+    assert not problems, "contexts in Redis that break context.json:\n" + "\n".join(problems[:20])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for checked, broken in CHECKED_CONTEXTS:
+        terminalreporter.write_line(
+            f"contract: {checked} context documents in Redis checked against context.json, "
+            f"{broken} broke it"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _broker_still_answers(request: pytest.FixtureRequest) -> None:
     """Integration and e2e tests: fail fast, saying so, when Kafka went away mid-run."""
     if not _needs_services(request.node):
         return
+    request.getfixturevalue("_contexts_in_redis_conform")
     bootstrap: str = request.getfixturevalue("kafka_bootstrap")
     problem = _broker_answers(bootstrap)
     if problem:

@@ -13,11 +13,21 @@ cd "$(dirname "$0")/../.."
 # exactly those are stopped afterwards
 record=$(mktemp)
 stop() {
-  .venv/bin/python -m nextbest.devstack down --recorded "$record"
-  rm -f "$record"
+  # Finish whatever happens to the terminal (`make test | tee log` and Ctrl-C
+  # closes the pipe; a second Ctrl-C or a hang-up must not cut this short).
+  local status=$? out
+  trap - EXIT
+  trap '' INT TERM HUP PIPE
+  out=$(mktemp)
+  .venv/bin/python -m nextbest.devstack down --recorded "$record" >"$out" 2>&1
+  printf '%s\n' "$(cat "$out")" >&2 2>/dev/null || true
+  rm -f "$record" "$out"
+  exit "$status"
 }
 trap stop EXIT
 trap 'exit 130' INT TERM
+trap 'exit 129' HUP
+trap 'exit 141' PIPE
 
 if [[ -n "${NEXTBEST_KAFKA_BOOTSTRAP:-}" && -n "${NEXTBEST_REDIS_URL:-}" ]]; then
   echo "with-services: using Kafka at $NEXTBEST_KAFKA_BOOTSTRAP and Redis at $NEXTBEST_REDIS_URL"

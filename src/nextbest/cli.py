@@ -1,12 +1,25 @@
-"""The ``nextbest`` command: ``worker``, ``api``, ``simulate``, ``dev up|down|status``, ``demo``."""
+"""The ``nextbest`` command: ``worker``, ``api``, ``simulate``, ``dev up|down|status``, ``demo``,
+and the tools of :mod:`nextbest.tools`: ``validate``, ``send``, ``tail``, ``context``,
+``deadletter replay``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from nextbest.settings import SettingsError, load_settings
+from nextbest.settings import Settings, SettingsError, load_settings
+
+# command -> (module of nextbest.tools, help); each has add_arguments(parser), run(args, settings)
+TOOLS = {
+    "validate": ("validate", "check events (a file, or - for stdin) exactly as the worker would"),
+    "send": ("send", "send one well-formed event to events.<channel>, keyed by the customer id"),
+    "tail": ("tail", "follow triggers (or, with --deadletter, rejected records) as they come"),
+    "context": ("lookup", "print a customer's live context from Redis"),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +54,34 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--malformed", type=float, default=0.0, help="fraction of records to break on purpose"
     )
+    for command, (module, text) in TOOLS.items():
+        _tool(module).add_arguments(commands.add_parser(command, help=text, description=text))
+    deadletter = commands.add_parser("deadletter", help="work with events.deadletter")
+    actions = deadletter.add_subparsers(dest="action", required=True, metavar="ACTION")
+    replay = actions.add_parser(
+        "replay",
+        help="re-drive dead letters to their original topic",
+        description="Re-drive dead letters to their original topic (see the README's rule).",
+    )
+    _tool("deadletter").add_arguments(replay)
     return parser
+
+
+def _tool(module: str) -> Any:
+    return importlib.import_module(f"nextbest.tools.{module}")
+
+
+def _run_tool(module: str, args: argparse.Namespace, settings: Settings) -> int:
+    """Ctrl-C ends a tool with status 0; a reader that goes away (``| head``) too."""
+    try:
+        status: int = _tool(module).run(args, settings)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # stdout is gone: point it at /dev/null so that the exit flush stays silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"nextbest: {error}", file=sys.stderr)
         return 2
+    if args.command in TOOLS:
+        return _run_tool(TOOLS[args.command][0], args, settings)
+    if args.command == "deadletter":
+        return _run_tool("deadletter", args, settings)
     if args.command == "worker":
         from nextbest.bootstrap import run_worker
 

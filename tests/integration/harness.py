@@ -1,5 +1,9 @@
 """Drive a real ``nextbest worker`` process against the real broker and Redis.
 
+Everything crossing the contract here is held against the JSON Schemas
+(``tests/contract.py``): each event :func:`cloudevent` builds, each trigger and
+dead letter :func:`read` returns, each context :func:`applied` waits for.
+
 :class:`WorkerProcess` starts the worker as users do (``python -m nextbest.cli
 worker`` with settings in the environment) under its own consumer group, so
 each test gets fresh offsets and a fresh changelog. A new group would read
@@ -33,6 +37,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from nextbest.core.envelope import DEFAULT_CHANNELS
+from tests import contract
 
 
 def free_port() -> int:
@@ -200,6 +205,7 @@ def cloudevent(
         "data": dict(data or {}),
         **attributes,
     }
+    contract.check("cloudevent.json", document)  # what the tests send is what the schema says
     return orjson.dumps(document)
 
 
@@ -277,6 +283,8 @@ async def read(
         while True:
             now = time.monotonic()
             if settle_until is not None and now >= settle_until:
+                for record in found:
+                    conforms(record)
                 return found
             if now >= deadline:
                 raise AssertionError(
@@ -289,6 +297,18 @@ async def read(
                 settle_until = time.monotonic() + settle
     finally:
         await consumer.stop()
+
+
+def conforms(record: ConsumerRecord[bytes, bytes]) -> None:
+    """A trigger or a dead letter is what the schemas say it is."""
+    if record.topic.startswith("triggers."):
+        assert headers_of(record)["content-type"] == b"application/cloudevents+json; charset=utf-8"
+        trigger = orjson.loads(record.value)
+        contract.check("trigger.json", trigger)
+        assert record.topic == f"triggers.{trigger['channel']}"
+        assert record.key == trigger["subject"].encode()
+    elif record.topic == "events.deadletter":
+        contract.check("deadletter-headers.json", contract.header_map(record.headers))
 
 
 def about(subject: str) -> Callable[[ConsumerRecord[bytes, bytes]], bool]:
@@ -324,6 +344,37 @@ async def applied(redis_url: str, customer: str, version: int) -> dict[str, Any]
             return found if found is not None and found["version"] >= version else None
 
         found: dict[str, Any] = await eventually(document, within=15)
+        contract.check("context.json", found)
         return found
     finally:
         await client.aclose()
+
+
+def nextbest(
+    *args: str,
+    bootstrap: str,
+    redis_url: str,
+    stdin: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 90.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``nextbest <args>`` as a user does, with the test services in its settings."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nextbest.cli", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        env={
+            **os.environ,
+            "NEXTBEST_KAFKA_BOOTSTRAP": bootstrap,
+            "NEXTBEST_REDIS_URL": redis_url,
+            **(env or {}),
+        },
+    )
+    return subprocess.CompletedProcess(
+        done.args,
+        done.returncode,
+        done.stdout.decode("utf-8", "replace"),
+        done.stderr.decode("utf-8", "replace"),
+    )

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from nextbest import schemas
 from nextbest.adapters.projection import RedisMirror, updates_channel
 from nextbest.api.contexts import ContextSource, MemoryContexts, RedisContexts
 from nextbest.metrics import Metrics
@@ -32,7 +33,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def document(customer: str, version: int) -> bytes:
-    return orjson.dumps({"customer_id": customer, "version": version})
+    """A context document of the shape the worker writes (context.json's example)."""
+    example = schemas.load("context.json")["examples"][0]
+    return orjson.dumps({**example, "customer_id": customer, "version": version})
 
 
 # --- one contract suite over both sources -----------------------------------------

@@ -5,6 +5,7 @@ Routes (see ``openapi.json`` beside this file, served at ``/openapi.json``)::
     GET /v1/customers/{id}/context          the §6 document, or 404
     GET /v1/customers/{id}/context/stream   Server-Sent Events: ``context`` now and on change
     GET /healthz  /readyz  /metrics         no token needed
+    GET /asyncapi.json  /schemas/{name}     the Kafka interface and its JSON Schemas, no token
     GET /widget                             a reference live-context panel
 
 When tokens are configured, ``/v1`` needs ``Authorization: Bearer <token>``
@@ -33,6 +34,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from nextbest import schemas
 from nextbest.api.contexts import ContextSource
 from nextbest.api.limits import RateLimiter
 
@@ -128,6 +130,8 @@ class ContextApi:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/openapi.json", self.openapi)
+        app.router.add_get("/asyncapi.json", self.asyncapi)
+        app.router.add_get("/schemas/{name:.+}", self.schema)
         app.router.add_get("/widget", self.widget)
         return app
 
@@ -260,6 +264,17 @@ class ContextApi:
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return _document_response(_asset("openapi.json"))
+
+    async def asyncapi(self, request: web.Request) -> web.StreamResponse:
+        return _document_response(schemas.asyncapi())
+
+    async def schema(self, request: web.Request) -> web.StreamResponse:
+        """A schema file; openapi.json's ``../schemas/...`` references resolve here."""
+        try:
+            body = schemas.read(request.match_info["name"])
+        except KeyError:
+            return _error(404, "not_found", "no such schema (see /asyncapi.json)")
+        return web.Response(body=body, content_type="application/schema+json")
 
     async def widget(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=_asset("widget.html"), content_type="text/html")

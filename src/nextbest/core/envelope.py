@@ -93,6 +93,20 @@ def _one_of(*choices: str) -> Check:
     return lambda value: isinstance(value, str) and value in allowed
 
 
+def _is_identities(value: object) -> bool:
+    """A non-empty list of ``{"type": str, "id": str}`` objects (contract §10)."""
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(
+            isinstance(item, dict)
+            and isinstance(item.get("type"), str)
+            and isinstance(item.get("id"), str)
+            for item in value
+        )
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Field:
     check: Check
@@ -160,6 +174,21 @@ DATA_FIELDS: Mapping[str, Mapping[str, Field]] = {
         "email": _optional(_is_bool, "a boolean"),
         "mobile": _optional(_is_bool, "a boolean"),
     },
+    # v0.2 (contract §10 and §11)
+    "identity.linked": {
+        "identities": Field(
+            _is_identities, 'a non-empty list of {"type": string, "id": string} objects'
+        ),
+        "method": Field(
+            _one_of("login", "loyalty_scan", "phone_verified", "email_click", "other"),
+            "one of login, loyalty_scan, phone_verified, email_click, other",
+        ),
+    },
+    "identity.unlinked": {
+        "type": Field(_is_str, "a string"),
+        "id": Field(_is_str, "a string"),
+    },
+    "customer.erased": {},
 }
 
 
