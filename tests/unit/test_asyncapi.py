@@ -22,8 +22,13 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from nextbest import schemas
-from nextbest.adapters.stream import DEADLETTER_TOPIC, event_topic, rekey_topic, tick_topic
-from nextbest.bootstrap import changelog_topic
+from nextbest.adapters.topics import (
+    DEADLETTER_TOPIC,
+    changelog_topic,
+    event_topic,
+    rekey_topic,
+    tick_topic,
+)
 from nextbest.core.envelope import DATA_FIELDS
 from nextbest.schemas.bundle import bundle, component_key
 

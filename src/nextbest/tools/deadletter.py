@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from nextbest.adapters.stream import DEADLETTER_TOPIC, event_topic
+from nextbest.adapters.topics import DEADLETTER_TOPIC, event_topic
 from nextbest.core.duration import parse_duration
 from nextbest.settings import Settings
 from nextbest.tools.clients import (

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiokafka.errors import KafkaError
 
-from nextbest.adapters.stream import event_topic
+from nextbest.adapters.topics import event_topic
 from nextbest.core.envelope import Rejected, parse
 from nextbest.settings import Settings
 from nextbest.tools.clients import Unreachable, start_producer

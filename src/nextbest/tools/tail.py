@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from nextbest.adapters.stream import DEADLETTER_TOPIC, trigger_topic
+from nextbest.adapters.topics import DEADLETTER_TOPIC, trigger_topic
 from nextbest.settings import Settings
 from nextbest.tools import capture
 from nextbest.tools.clients import KafkaRecord, Unreachable, partitions, start_consumer

@@ -27,7 +27,7 @@ from typing import IO
 
 import orjson
 
-from nextbest.adapters.stream import DEADLETTER_TOPIC
+from nextbest.adapters.topics import DEADLETTER_TOPIC
 from nextbest.core.envelope import Rejected, parse
 from nextbest.settings import Settings
 from nextbest.tools import capture
