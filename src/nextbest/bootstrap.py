@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -172,11 +174,12 @@ class _Sink:
 
     def __init__(self) -> None:
         self.topics: frozenset[str] = frozenset()
+        self.clocks: frozenset[str] = frozenset()
         self.handler: EventHandler | None = None
 
-    async def handle(self, partition: int, batch: Any) -> None:
+    async def handle(self, partition: int, batch: Any, watermark: float) -> None:
         assert self.handler is not None
-        await self.handler.handle(partition, batch)
+        await self.handler.handle(partition, batch, watermark)
 
     def restore(self, tp: Any, records: Any) -> bool:
         assert self.handler is not None
@@ -246,7 +249,7 @@ def build_worker(settings: Settings) -> Worker:
         clock=_clock,
         cache=StateCache(settings.state_cache_size),
     )
-    sink.topics, sink.handler = handler.topics, handler
+    sink.topics, sink.clocks, sink.handler = handler.topics, handler.clocks, handler
 
     async def subscribe(stream: faust.StreamT[bytes]) -> None:
         """Declares the subscription; the batches themselves go to the handler."""
@@ -275,6 +278,30 @@ def build_worker(settings: Settings) -> Worker:
     # not an app.timer: faust starts those only once the first recovery is done
     app.add_dependency(every_second(guarded("recovery watch", recovery_watcher(app))))
     return Worker(app, metrics, mirror, handler)
+
+
+class _Worker(faust.Worker):
+    """faust's worker, sure to exit within ``grace`` seconds of SIGTERM or SIGINT.
+
+    A stop commits, flushes and leaves the group, and each of those can wait
+    on a broker that is gone (faust allows minutes). The work is safe to cut
+    short (a batch not written is read again), so once the grace is over the
+    process exits, saying so, rather than outlive its orchestrator's patience.
+    """
+
+    grace: float = 30.0
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        watchdog = threading.Timer(self.grace, _exit_now, args=(self.grace,))
+        watchdog.daemon = True
+        watchdog.start()
+        super()._schedule_shutdown(signal)
+
+
+def _exit_now(grace: float) -> None:
+    log.warning("not stopped %.0f s after the signal: exiting now", grace)
+    logging.shutdown()
+    os._exit(3)
 
 
 def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
@@ -335,7 +362,8 @@ def run_worker(settings: Settings) -> int:
     except StartupError as error:
         print(f"nextbest: {error}", file=sys.stderr)
         return 1
-    runner = faust.Worker(worker.app, loop=loop, loglevel=settings.log_level.lower())
+    runner = _Worker(worker.app, loop=loop, loglevel=settings.log_level.lower())
+    runner.grace = settings.shutdown_timeout.total_seconds()
     # At WARNING and above faust keeps a terminal spinner, which sets the root
     # logger to DEBUG: every debug call in faust and aiokafka then built a record.
     runner.spinner = None

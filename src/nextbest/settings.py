@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     # StatefulSet) lets a restarted worker take its partitions back at once,
     # without waiting for the session timeout or a rebalance.
     kafka_group_instance_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,200}$")] | None = None
+    # How long a worker may take to stop after SIGTERM before it exits anyway
+    # (stopping waits on the broker, which may be gone).
+    shutdown_timeout: Duration = timedelta(seconds=30)
     # Replicas of topics the engine creates (1 for a single broker; 3 is usual).
     topic_replication: PositiveInt = 1
     # Standby copies of each table partition kept warm on other workers.
@@ -139,6 +142,7 @@ class Settings(BaseSettings):
         "kafka_session_timeout",
         "api_keepalive",
         "reorder_window",
+        "shutdown_timeout",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

@@ -25,12 +25,17 @@ TOPICS = frozenset({"events.web", "events.chat", "app-ticks"})
 class Sink:
     def __init__(self) -> None:
         self.topics = TOPICS
+        self.clocks = frozenset({"app-ticks"})
+        self.watermarks: list[float] = []
         self.handled: list[tuple[int, list[tuple[Any, list[int]]]]] = []
         self.restored: list[tuple[Any, list[int]]] = []
         self.fail = False
         self.gate: asyncio.Event | None = None
 
-    async def handle(self, partition: int, batch: Sequence[tuple[Any, Sequence[Any]]]) -> None:
+    async def handle(
+        self, partition: int, batch: Sequence[tuple[Any, Sequence[Any]]], watermark: float
+    ) -> None:
+        self.watermarks.append(watermark)
         if self.gate is not None:
             await self.gate.wait()
         if self.fail:
@@ -59,6 +64,7 @@ async def consumer(app: faust.App, sink: Sink) -> AsyncIterator[BatchConsumer]:
     made = app.consumer
     assert isinstance(made, BatchConsumer)
     made.highwater = lambda tp_: 1000  # type: ignore[method-assign]
+    made.assignment = lambda: set()  # type: ignore[method-assign]
     yield made
     made._thread.thread_loop.close()  # the loop its (never started) Kafka thread was given
 
@@ -123,7 +129,7 @@ async def test_records_read_again_after_a_seek_are_handed_over_again(
 async def test_nothing_is_handed_over_once_a_rebalance_begins(
     consumer: BatchConsumer, sink: Sink
 ) -> None:
-    async def rebalance_after_first(partition: int, batch: Any) -> None:
+    async def rebalance_after_first(partition: int, batch: Any, watermark: float) -> None:
         sink.handled.append((partition, []))
         consumer.app.consumer_generation_id += 1
 
@@ -195,3 +201,23 @@ async def test_a_revoke_waits_for_the_batch_in_flight_which_a_cancel_does_not_cu
     await waiting
     assert committed == [True]  # committed after the batch, which completed
     assert consumer._filter_committable_offsets([tp("events.web", 0)]) == {tp("events.web", 0): 2}
+
+
+async def test_each_batch_comes_with_its_partitions_watermark(
+    consumer: BatchConsumer, sink: Sink
+) -> None:
+    """The time up to which every source topic of the partition is read: a topic read
+    to its end counts as now; ticks (a clock) do not count."""
+    web, chat, ticks = tp("events.web", 0), tp("events.chat", 0), tp("app-ticks", 0)
+    consumer.assignment = lambda: {web, chat, ticks, tp("events.web", 1)}  # type: ignore[method-assign]
+    ends = {web: 10, chat: 5, ticks: 99}
+    consumer.highwater = lambda tp_: ends.get(tp_, 0)  # type: ignore[method-assign]
+    records = [FakeRecord("events.web", 0, 3, b"", timestamp=50_000)]
+    await consumer._deliver(sink, {web: records}, None)
+    assert sink.watermarks[-1] == 0.0  # nothing read yet of events.chat[0]
+    chat_records = [FakeRecord("events.chat", 0, 4, b"", timestamp=40_000)]
+    await consumer._deliver(sink, {chat: chat_records}, None)
+    assert sink.watermarks[-1] == 50.0  # chat read to its end; web up to its last record
+    web_records = [FakeRecord("events.web", 0, 9, b"", timestamp=70_000)]
+    await consumer._deliver(sink, {web: web_records}, None)
+    assert sink.watermarks[-1] > 1_000_000_000  # both read to their end: now

@@ -343,3 +343,19 @@ async def test_the_index_is_rebuilt_from_the_stored_states(tmp_path: Path) -> No
     h.index.replace([], [])
     h.handler.rebuild_index([HOME])
     assert h.index.pending([HOME]) == 1
+
+
+async def test_deadlines_wait_until_every_source_is_read_past_them(tmp_path: Path) -> None:
+    """After an outage the backlog goes first: a deadline fires only once the partition's
+    topics are read up to it (the batch's watermark), or it might fire on an old state."""
+    h = harness(tmp_path, config=EngineConfig(cart_abandon_after=timedelta(seconds=30)))
+    consent = record("web", "consent.updated", data={"mobile": True}, id_="e-0", minute=-2)
+    cart = record("web", "cart.item_added", data={"sku": "A", "qty": 1, "price": 2}, id_="e-1",
+                  minute=-1)  # fmt: skip
+    await handle(h, consent, cart)  # due 30 s after the cart: 30 s ago
+    behind = (NOW - timedelta(seconds=45)).timestamp()  # the topics are read up to 45 s ago
+    await h.handler.handle(HOME, batch_of(FakeRecord(NAMES.ticks, HOME, 0, b"")), behind)
+    assert h.sent_to("triggers.mobile") == []
+    assert h.index.pending([HOME]) == 1
+    await h.handler.handle(HOME, batch_of(FakeRecord(NAMES.ticks, HOME, 1, b"")), NOW.timestamp())
+    assert len(h.sent_to("triggers.mobile")) == 1

@@ -28,6 +28,15 @@ What it keeps of faust's per-record path, batch-wise:
 
 A :class:`Sink` that raises leaves its batch unacknowledged: its partitions
 are read again from the batch's first offsets after a back-off.
+
+Each batch comes with its partition's **watermark**: the time up to which
+every source topic of that partition has been read (a topic read to its end
+counts as read up to now; otherwise, the timestamp of its last record read).
+Absence deadlines fire only up to the watermark: after an outage, a backlog
+is applied before a deadline it may cancel is looked at.
+
+A static member (``group_instance_id``) leaves the group when it stops
+(:mod:`nextbest.adapters.membership`), which aiokafka does not do for one.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, ConsumerT
 
+from nextbest.adapters.membership import leave_group
+
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 0.25  # seconds a fetch waits for records when there are none
@@ -56,9 +67,14 @@ class Sink(Protocol):
     """Where fetched batches go: the worker's handler and the table's restorer."""
 
     topics: frozenset[str]  # the topics whose batches go to ``handle``
+    clocks: frozenset[str]  # of those, the ones that only carry time (not in the watermark)
 
-    async def handle(self, partition: int, batch: Batch) -> None:
-        """Handle one partition number's records (every topic of ``topics``); raise to retry."""
+    async def handle(self, partition: int, batch: Batch, watermark: float) -> None:
+        """Handle one partition number's records (every topic of ``topics``); raise to retry.
+
+        ``watermark`` (epoch seconds): every source topic of the partition has
+        been read up to that time.
+        """
 
     def restore(self, tp: TP, records: Sequence[Any]) -> bool:
         """Apply changelog records; False when ``tp`` is not being restored."""
@@ -69,9 +85,13 @@ class BatchConsumer(driver.Consumer):
 
     sink: ClassVar[Sink | None] = None
 
+    def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._handled_up_to: dict[TP, int] = {}  # next offset to commit, per handled tp
+        self._read_at: dict[TP, float] = {}  # timestamp (s) of the last record read, per tp
         self._in_flight: asyncio.Task[None] | None = None
         self._failures = 0
 
@@ -95,6 +115,7 @@ class BatchConsumer(driver.Consumer):
         await super().on_partitions_revoked(revoked)
         for tp in revoked:
             self._handled_up_to.pop(tp, None)
+            self._read_at.pop(tp, None)
 
     async def wait_empty(self) -> None:
         """Wait for the batch in flight (at most ``REVOKE_WAIT`` s), then commit."""
@@ -162,7 +183,8 @@ class BatchConsumer(driver.Consumer):
         for partition, batch in by_partition.items():
             if app.consumer_generation_id != generation or not self.flow_active:
                 return  # a rebalance began: the rest is read again after it
-            task = asyncio.ensure_future(self._run(sink, partition, batch))
+            watermark = self._watermark(sink, partition, batch)
+            task = asyncio.ensure_future(self._run(sink, partition, batch, watermark))
             self._in_flight = task
             await asyncio.shield(task)
 
@@ -174,9 +196,29 @@ class BatchConsumer(driver.Consumer):
             return fetched
         return [record for record in fetched if record.offset >= read]
 
-    async def _run(self, sink: Sink, partition: int, batch: Batch) -> None:
+    def _watermark(self, sink: Sink, partition: int, batch: Batch) -> float:
+        """Up to when every source topic of ``partition`` is read, this batch included."""
+        now = time.time()
+        last = {tp: records[-1] for tp, records in batch}
+        watermark = now
+        for tp in self.assignment():
+            if tp.partition != partition or tp.topic not in sink.topics or tp.topic in sink.clocks:
+                continue
+            record = last.get(tp)
+            read = record.offset + 1 if record is not None else self._read_offset[tp]
+            end = self.highwater(tp)
+            if end is not None and (read or 0) >= end:
+                continue  # read to its end: up to now
+            if record is not None:
+                read_at = record.timestamp / 1000
+            else:
+                read_at = self._read_at.get(tp, 0.0)
+            watermark = min(watermark, read_at)
+        return watermark
+
+    async def _run(self, sink: Sink, partition: int, batch: Batch, watermark: float) -> None:
         try:
-            await sink.handle(partition, batch)
+            await sink.handle(partition, batch, watermark)
         except Exception as error:
             await self._retry_later(batch, error)
             return
@@ -194,6 +236,7 @@ class BatchConsumer(driver.Consumer):
             last = records[-1].offset
             self._read_offset[tp] = last + 1
             self._handled_up_to[tp] = last + 1
+            self._read_at[tp] = records[-1].timestamp / 1000
             self._acked[tp]
             count += len(records)
             monitor.stream_inbound_time[tp] = now
@@ -227,6 +270,26 @@ class BatchConsumer(driver.Consumer):
             message = self._to_message(tp, record)
             await self.wait_first(self.callback(message), self.suspend_flow.wait())
             self._read_offset[tp] = record.offset + 1
+
+
+class ConsumerThread(driver.AIOKafkaConsumerThread):
+    """faust's thread running the aiokafka consumer; a static member leaves on close."""
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        consumer = self._consumer
+        if consumer is None or consumer._coordinator._group_instance_id is None:
+            return
+        coordinator = consumer._coordinator
+
+        async def leave_on_close() -> None:  # aiokafka calls this last as it closes
+            try:
+                await leave_group(consumer)
+            except Exception as error:  # a best effort: the session timeout is the fallback
+                log.warning("could not leave the consumer group (%s)", type(error).__name__)
+            coordinator.reset_generation()
+
+        coordinator._maybe_leave_group = leave_on_close
 
 
 class Transport(driver.Transport):

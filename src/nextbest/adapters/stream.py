@@ -147,6 +147,7 @@ class EventHandler:
         self._rekey = names.rekey
         self._ticks = names.ticks
         self.topics = frozenset(names.sources)
+        self.clocks = frozenset({names.ticks})
         self._index = index
         self._mirror = mirror
         self._metrics = metrics
@@ -156,8 +157,12 @@ class EventHandler:
 
     # --- a batch ----------------------------------------------------------------------
 
-    async def handle(self, partition: int, batch: Batch) -> None:
-        """Handle one partition's records; raises (nothing written) when an output fails."""
+    async def handle(self, partition: int, batch: Batch, watermark: float | None = None) -> None:
+        """Handle one partition's records; raises (nothing written) when an output fails.
+
+        Deadlines fire up to ``watermark`` (epoch seconds; default: now), the time up
+        to which every source topic of the partition has been read.
+        """
         now = self._clock()
         applied = self._table.applied(partition)
         next_applied = dict(applied)
@@ -186,7 +191,10 @@ class EventHandler:
         due: list[bytes] = []
         expired: list[Outcome] = []
         if read.tick:
-            due = self._index.pop_due(partition, now)
+            until = now
+            if watermark is not None and watermark < now.timestamp():
+                until = datetime.fromtimestamp(watermark, now.tzinfo)
+            due = self._index.pop_due(partition, until)
             try:
                 expired = self._expire(partition, due, changed, now)
             except Exception:
