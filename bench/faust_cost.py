@@ -10,12 +10,15 @@ the way the mode says:
 * ``consume`` — raw aiokafka ``getmany``, counting only: what reading costs;
 * ``iterate`` — a faust agent with ``take_events(1000, 5 ms)`` and uvloop, as
   nextbest's worker runs it, counting only: what faust's stream costs;
-* ``eager`` — the same with nextbest's consumer (``adapters/delivery.py``),
-  which hands a record to the stream without faust's four tasks per record;
 * ``send`` — the same, and ``app.producer.send`` of each record to another
   topic (timed until the producer has flushed): what a produce adds;
 * ``table`` — the same, and each record written to a RocksDB table with its
-  changelog (timed until the changelog is flushed): what a table write adds.
+  changelog (timed until the changelog is flushed): what a table write adds;
+* ``batch`` — nextbest's consumer (``adapters/consumer.py``): each fetch handed
+  over a partition at a time, counting only: what faust costs nextbest now;
+* ``batch-table`` — the same, and every record of a batch written as nextbest
+  writes its states (``adapters/table.py``): changelog records sent and
+  acknowledged, then one RocksDB ``WriteBatch`` per partition batch.
 
 Throughput is records / seconds from the first record read to the last one's
 effect; CPU is the draining process's (all its threads) over the same span.
@@ -46,7 +49,7 @@ from nextbest.settings import Settings
 from nextbest.simulator.journeys import Journeys
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("consume", "iterate", "eager", "send", "table")
+MODES = ("consume", "iterate", "send", "table", "batch", "batch-table")
 OUTPUT = "bench.cost.out"
 TABLE = "cost"
 
@@ -115,12 +118,12 @@ def _faust(mode: str, settings: Settings, tally: Tally, data_dir: Path) -> None:
     import uvloop
     from faust.streams import _current_event
 
-    from nextbest.adapters.delivery import use_eager_delivery
-
+    loop = uvloop.new_event_loop()  # first: faust binds services to the current loop
+    asyncio.set_event_loop(loop)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
-        store="rocksdb://" if mode == "table" else "memory://",
+        store="rocksdb://" if mode in ("table", "batch-table") else "memory://",
         datadir=str(data_dir),
         web_enabled=False,
         topic_disable_leader=True,
@@ -129,19 +132,21 @@ def _faust(mode: str, settings: Settings, tally: Tally, data_dir: Path) -> None:
         producer_linger=0.005,
         topic_partitions=settings.topic_partitions,
     )
-    if mode == "eager":
-        use_eager_delivery(app)
+    if mode.startswith("batch"):
+        _batch_sink(app, mode, settings, tally)
     source = app.topic(
         *(f"events.{c}" for c in settings.channels), key_serializer="raw", value_serializer="raw"
     )
-    table = app.Table(
-        TABLE,
-        default=None,
-        partitions=settings.topic_partitions,
-        key_type=bytes,
-        value_type=bytes,
-        options={"block_cache_size": 32 * 1024 * 1024},
-    )
+    table = None
+    if not mode.startswith("batch"):
+        table = app.Table(
+            TABLE,
+            default=None,
+            partitions=settings.topic_partitions,
+            key_type=bytes,
+            value_type=bytes,
+            options={"block_cache_size": 32 * 1024 * 1024},
+        )
 
     async def drain(stream: Any) -> None:
         async for events in stream.take_events(1000, within=0.005):
@@ -152,7 +157,7 @@ def _faust(mode: str, settings: Settings, tally: Tally, data_dir: Path) -> None:
                     await app.producer.send(
                         OUTPUT, message.key, message.value, message.partition, None, None
                     )
-                elif mode == "table":
+                elif mode == "table" and table is not None:
                     _current_event.set(weakref.ref(event))
                     table[message.key] = message.value
             tally.seen += len(events)
@@ -162,11 +167,42 @@ def _faust(mode: str, settings: Settings, tally: Tally, data_dir: Path) -> None:
                 os._exit(0)
 
     app.agent(source, name="cost.drain")(drain)
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
     worker = faust.Worker(app, loop=loop, loglevel="warning")
     worker.spinner = None
     worker.execute_from_commandline()
+
+
+def _batch_sink(app: Any, mode: str, settings: Settings, tally: Tally) -> None:
+    """nextbest's batch consumer, handing each partition batch to a counting sink."""
+    from nextbest.adapters.consumer import use_batch_consumer
+    from nextbest.adapters.table import ContextTable
+
+    class Sink:
+        topics = frozenset(f"events.{c}" for c in settings.channels)
+        clocks: frozenset[str] = frozenset()
+        table: ContextTable | None = None
+
+        async def handle(self, partition: int, batch: Any, watermark: float) -> None:
+            tally.first()
+            if self.table is not None:
+                changes = {r.key: r.value for _, records in batch for r in records}
+                acks = await asyncio.gather(*await self.table.stage(partition, changes, {}))
+                self.table.write(partition, changes, {}, acks[-1].offset)
+            tally.seen += sum(len(records) for _, records in batch)
+            if tally.done():
+                tally.finish()
+                os._exit(0)
+
+        def restore(self, tp: Any, records: Any) -> bool:
+            return False
+
+    sink = Sink()
+    use_batch_consumer(app, sink)
+    if mode == "batch-table":
+        table = app.Table(TABLE, default=None, partitions=settings.topic_partitions,
+                          key_type=bytes, value_type=bytes)  # fmt: skip
+        changelog = f"{settings.app_id}-{TABLE}-changelog"
+        sink.table = ContextTable(table, changelog, app.producer, lambda: app.tables.recovery)
 
 
 def child(mode: str, total: int, result: Path, data_dir: Path) -> None:
@@ -241,16 +277,18 @@ def render(results: dict[str, dict[str, Any]], records: int) -> str:
     labels = {
         "consume": "raw aiokafka getmany, count",
         "iterate": "faust agent, take_events, count",
-        "eager": "the same, nextbest's eager delivery",
         "send": "faust agent, + app.producer.send",
         "table": "faust agent, + table write (RocksDB + changelog)",
+        "batch": "nextbest's batch consumer, count",
+        "batch-table": "nextbest's batch consumer, + batch write (changelog acked, WriteBatch)",
     }
     for mode, figures in results.items():
         cost = figures["cpu_s_per_1k"] * 1000  # CPU-s per 1,000 records = ms, so x1000 = µs
-        added = "-" if previous is None or mode == "iterate" else f"{cost - previous:+,.0f}"
+        base = mode in ("iterate", "batch")
+        added = "-" if previous is None or base or mode == "consume" else f"{cost - previous:+,.0f}"
         rate = figures["records_per_s"]
         lines.append(f"| {labels[mode]} | {rate:,.0f} | {cost:,.0f} | {added} |")
-        if mode == "iterate":
+        if base:
             previous = cost
     return "\n".join(lines) + "\n"
 

@@ -209,10 +209,7 @@ class BatchConsumer(driver.Consumer):
             end = self.highwater(tp)
             if end is not None and (read or 0) >= end:
                 continue  # read to its end: up to now
-            if record is not None:
-                read_at = record.timestamp / 1000
-            else:
-                read_at = self._read_at.get(tp, 0.0)
+            read_at = record.timestamp / 1000 if record is not None else self._read_at.get(tp, 0.0)
             watermark = min(watermark, read_at)
         return watermark
 

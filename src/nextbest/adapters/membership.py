@@ -24,7 +24,7 @@ from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 log = logging.getLogger(__name__)
 
 
-class LeaveGroupResponse_v3(Response):  # type: ignore[misc]  # noqa: N801 - Kafka's naming
+class LeaveGroupResponse_v3(Response):  # type: ignore[misc]  # Kafka's naming
     API_KEY = 13
     API_VERSION = 3
     SCHEMA = Schema(
@@ -41,7 +41,7 @@ class LeaveGroupResponse_v3(Response):  # type: ignore[misc]  # noqa: N801 - Kaf
     )
 
 
-class LeaveGroupRequest_v3(RequestStruct):  # type: ignore[misc]  # noqa: N801
+class LeaveGroupRequest_v3(RequestStruct):  # type: ignore[misc]
     API_KEY = 13
     API_VERSION = 3
     RESPONSE_TYPE = LeaveGroupResponse_v3
