@@ -4,12 +4,19 @@
 :class:`Rejected` carrying one of the contract's reason codes. It accepts the
 structured content mode (the whole event as a JSON object in the value) and the
 binary content mode (attributes in ``ce_*`` headers, ``data`` as the value).
+
+Contract v0.2 (§10): the extension attribute ``subjecttype`` (binary mode:
+``ce_subjecttype``) says what kind of identifier ``subject`` is: ``customer``
+when absent, else one of the configured identity types; any other value is
+``invalid_envelope``, and so is a placeholder ``subject`` ("", "null",
+"undefined", ...) of a type other than ``customer`` — it would make one
+profile of everyone whose channel app sent it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -17,9 +24,12 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from nextbest.core.identity import CUSTOMER, DEFAULT_TYPES, ID_LONGEST, is_blocked
+
 # C0 controls and DEL: never in a customer id (the table keeps its own entries
 # under keys that start with NUL, and control characters have no business in logs)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")  # an identity type (NEXTBEST_IDENTITY_TYPES)
 
 DEFAULT_CHANNELS = ("web", "mobile", "store", "contact-center", "chat", "email", "social")
 
@@ -61,6 +71,10 @@ class Event(NamedTuple):
     subject: str
     channel: str
     data: Mapping[str, Any]
+    # v0.2: the kind of identifier ``subject`` is, and the state key of the profile
+    # the adapter resolved it to (None: ``subject`` itself, a customer id)
+    subjecttype: str = CUSTOMER
+    profile: str | None = None
 
 
 # --- data of the known event types -------------------------------------------------
@@ -242,12 +256,55 @@ def _timestamp(attributes: Mapping[str, Any]) -> datetime:
     return moment.astimezone(UTC)
 
 
+def _subjecttype(attributes: Mapping[str, Any], subject: str, types: Collection[str]) -> str:
+    kind = attributes.get("subjecttype")
+    if kind is None or kind == CUSTOMER:
+        return CUSTOMER
+    if not isinstance(kind, str) or kind not in types:
+        raise Rejected(
+            Reason.INVALID_ENVELOPE,
+            f"attribute subjecttype {kind!r} is not one of {', '.join(types)}",
+        )
+    if is_blocked(subject):
+        raise Rejected(
+            Reason.INVALID_ENVELOPE,
+            f"attribute subject {subject!r} is a placeholder, not a {kind} identifier",
+        )
+    return kind
+
+
+def _identifier_problem(item: Mapping[str, Any]) -> str | None:
+    kind, value = item.get("type"), item.get("id")
+    if not isinstance(kind, str) or not TYPE_NAME.match(kind):
+        return f"type {kind!r} is not a type name (a-z, 0-9, _ and -, at most 32)"
+    if not isinstance(value, str) or len(value) > ID_LONGEST or _CONTROL.search(value):
+        return f"id must be a string of at most {ID_LONGEST} characters, no control characters"
+    return None
+
+
+def _check_identities(event_type: str, data: Mapping[str, Any]) -> None:
+    """The identifiers in ``identity.*`` data are well-formed (whether their type is
+    configured is the link's business: an unknown one is refused, and counted)."""
+    if event_type == "identity.linked":
+        for index, item in enumerate(data["identities"]):
+            problem = _identifier_problem(item)
+            if problem is not None:
+                raise Rejected(
+                    Reason.INVALID_DATA, f"data.identities[{index}] of {event_type}: {problem}"
+                )
+    elif event_type == "identity.unlinked":
+        problem = _identifier_problem(data)
+        if problem is not None:
+            raise Rejected(Reason.INVALID_DATA, f"data of {event_type}: {problem}")
+
+
 def _event(
     attributes: Mapping[str, Any],
     data: object,
     channel: str,
     now: datetime,
     max_clock_skew: timedelta,
+    types: Collection[str],
 ) -> Event:
     if attributes.get("specversion") != "1.0":
         raise Rejected(Reason.INVALID_ENVELOPE, 'attribute specversion must be "1.0"')
@@ -257,6 +314,7 @@ def _event(
     subject = _text(attributes, "subject", 128)
     if _CONTROL.search(subject):
         raise Rejected(Reason.INVALID_ENVELOPE, "attribute subject contains control characters")
+    subjecttype = _subjecttype(attributes, subject, types)
     moment = _timestamp(attributes)
     claimed = attributes.get("channel")
     if claimed is not None and claimed != channel:
@@ -267,7 +325,9 @@ def _event(
     if moment > now + max_clock_skew:
         moment = now  # too far ahead of our clock: treated as the arrival time (§3)
     data = _validate_data(event_type, data)
-    return Event(event_id, source, event_type, moment, subject, channel, data)
+    if event_type.startswith("identity."):
+        _check_identities(event_type, data)
+    return Event(event_id, source, event_type, moment, subject, channel, data, subjecttype)
 
 
 def _json(value: bytes) -> Any:
@@ -303,8 +363,12 @@ def parse(
     now: datetime,
     max_bytes: int = 65536,
     max_clock_skew: timedelta = timedelta(minutes=5),
+    subject_types: Collection[str] = DEFAULT_TYPES,
 ) -> Event:
-    """Read one record of ``events.<channel>``; raise :class:`Rejected` when it is not an event."""
+    """Read one record of ``events.<channel>``; raise :class:`Rejected` when it is not an event.
+
+    ``subject_types`` are the identity types ``subjecttype`` may name (§10).
+    """
     if value is None:
         raise Rejected(Reason.INVALID_JSON, "the record has no value")
     if len(value) > max_bytes:
@@ -316,6 +380,6 @@ def parse(
         document = _json(value)
         if not isinstance(document, dict):
             raise Rejected(Reason.INVALID_ENVELOPE, "the event must be a JSON object")
-        return _event(document, document.get("data"), channel, now, max_clock_skew)
+        return _event(document, document.get("data"), channel, now, max_clock_skew, subject_types)
     data = _json(value) if value else None
-    return _event(attributes, data, channel, now, max_clock_skew)
+    return _event(attributes, data, channel, now, max_clock_skew, subject_types)
