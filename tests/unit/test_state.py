@@ -15,6 +15,7 @@ from nextbest.core.context import CartItem, TriggerRecord, to_document
 from nextbest.core.envelope import Event
 from nextbest.core.state import (
     CustomerState,
+    Membership,
     decode,
     encode,
     encode_document,
@@ -287,16 +288,20 @@ def test_apply_carries_every_field_it_does_not_change() -> None:
 
     consent = Consent(email=True)
     before = run(event("consent.updated", data={"email": True}))
-    before = before._replace(last_fired={"x": T0}, fired={"y": T0})
+    membership = Membership(epoch=3)
+    before = before._replace(last_fired={"x": T0}, fired={"y": T0}, membership=membership)
     after = run(event("page.viewed", minute=2, data={"page_type": "home"}, id_="e-9"), state=before)
     assert after.context.consent == consent
     assert (after.last_fired, after.fired) == (before.last_fired, before.fired)
+    assert after.membership == membership
+    assert after.context.identities == before.context.identities
     assert CustomerState._fields == (
         "context", "base", "base_encoded", "recent", "recent_bytes", "seen_ids", "last_fired",
-        "fired",
+        "fired", "parts", "membership",
     )  # fmt: skip
     assert tuple(f.name for f in fields(Context)) == (
         "customer_id", "version", "updated_at", "last_event_at", "current_channel", "channels",
         "journey", "cart", "checkout", "recent_searches", "recent_products", "consent",
-        "last_triggers", "_zero_searches", "_product_viewed_at",
+        "last_triggers", "identities", "_zero_searches", "_product_viewed_at", "_cart_at",
+        "_ordered_at", "_consent_at",
     )  # fmt: skip

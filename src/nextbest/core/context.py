@@ -20,7 +20,7 @@ their newest entries (``JOURNEY_KEPT`` and friends).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -96,6 +96,27 @@ class TriggerRecord:
     at: datetime
 
 
+@dataclass
+class Identity:
+    """One identifier of the profile (contract §10). ``since`` (not in the document)
+    is when it became part of the profile: its first event, or its link; the
+    profile's id names the oldest one when it has no customer identifier."""
+
+    type: str
+    id: str
+    linked_at: datetime | None = None
+    method: str | None = None
+    _since: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.type}:{self.id}"
+
+    @property
+    def since(self) -> datetime | None:
+        return self._since
+
+
 NO_CART = Cart()
 NO_CHECKOUT = Checkout()
 
@@ -104,9 +125,11 @@ NO_CHECKOUT = Checkout()
 class Context:
     """One customer's live context. ``version`` counts the events applied.
 
-    The last two fields are not part of the document: the times of recent
-    zero-result searches (``search_frustration``) and of the newest product
-    view (``associate_assist``).
+    ``identities`` are the profile's identifiers (v0.2). The underscore fields
+    are not part of the document: the times of recent zero-result searches
+    (``search_frustration``), of the newest product view (``associate_assist``),
+    and of the newest cart change, order and consent update (the rules by which
+    two profiles' contexts merge, see :mod:`nextbest.core.profile`).
     """
 
     customer_id: str
@@ -122,8 +145,12 @@ class Context:
     recent_products: tuple[str, ...] = ()
     consent: Consent = field(default_factory=Consent)
     last_triggers: tuple[TriggerRecord, ...] = ()
+    identities: tuple[Identity, ...] = ()
     _zero_searches: tuple[datetime, ...] = ()
     _product_viewed_at: datetime | None = None
+    _cart_at: datetime | None = None
+    _ordered_at: datetime | None = None
+    _consent_at: datetime | None = None
 
     @property
     def zero_searches(self) -> tuple[datetime, ...]:
@@ -132,6 +159,31 @@ class Context:
     @property
     def product_viewed_at(self) -> datetime | None:
         return self._product_viewed_at
+
+    def adopt(self, current: Context) -> Context:
+        """This context (folded again from a base) with what ``current`` holds beside
+        the events: its triggers and its identities."""
+        return Context(
+            self.customer_id,
+            self.version,
+            self.updated_at,
+            self.last_event_at,
+            self.current_channel,
+            self.channels,
+            self.journey,
+            self.cart,
+            self.checkout,
+            self.recent_searches,
+            self.recent_products,
+            self.consent,
+            current.last_triggers,
+            current.identities,
+            self._zero_searches,
+            self._product_viewed_at,
+            self._cart_at,
+            self._ordered_at,
+            self._consent_at,
+        )
 
     def with_triggers(
         self, last_triggers: tuple[TriggerRecord, ...], at: datetime | None
@@ -151,8 +203,12 @@ class Context:
             self.recent_products,
             self.consent,
             last_triggers,
+            self.identities,
             self._zero_searches,
             self._product_viewed_at,
+            self._cart_at,
+            self._ordered_at,
+            self._consent_at,
         )
 
 
@@ -219,6 +275,9 @@ def fold(
     consent = context.consent
     zero_searches = context._zero_searches
     viewed_at = context._product_viewed_at
+    cart_at = context._cart_at
+    ordered_at = context._ordered_at
+    consent_at = context._consent_at
     version = context.version
     for event in events:
         version += 1
@@ -252,14 +311,22 @@ def fold(
                 zero_searches = (*recent, moment)[-(search_count + 1) :]
         elif kind == "cart.item_added":
             cart = _add_to_cart(cart, data["sku"], data["qty"], float(data["price"]))
+            if cart_at is None or moment > cart_at:
+                cart_at = moment
         elif kind == "cart.item_removed":
             cart = _remove_from_cart(cart, data["sku"], data["qty"])
+            if cart_at is None or moment > cart_at:
+                cart_at = moment
         elif kind == "checkout.started":
             checkout = Checkout("started", moment, channel)
         elif kind == "order.placed":
             cart, checkout = NO_CART, NO_CHECKOUT
+            if ordered_at is None or moment > ordered_at:
+                ordered_at = moment
         elif kind == "consent.updated":
             consent = Consent(data.get("email", consent.email), data.get("mobile", consent.mobile))
+            if consent_at is None or moment > consent_at:
+                consent_at = moment
     return Context(
         context.customer_id,
         version,
@@ -274,8 +341,12 @@ def fold(
         products,
         consent,
         context.last_triggers,
+        context.identities,
         zero_searches,
         viewed_at,
+        cart_at,
+        ordered_at,
+        consent_at,
     )
 
 
@@ -303,13 +374,34 @@ def _maybe_time(value: Any) -> datetime | None:
     return None if value is None else _time(value)
 
 
+def _identities(document: Mapping[str, Any], since: Sequence[Any]) -> tuple[Identity, ...]:
+    listed = document.get("identities")
+    if not listed:  # written before v0.2: a customer's own profile
+        return (Identity("customer", document["customer_id"]),)
+    return tuple(
+        Identity(
+            item["type"],
+            item["id"],
+            _maybe_time(item.get("linked_at")),
+            item.get("method"),
+            _maybe_time(since[index]) if index < len(since) else None,
+        )
+        for index, item in enumerate(listed)
+    )
+
+
 def from_document(
     document: Mapping[str, Any],
     *,
     zero_searches: tuple[datetime, ...] = (),
     product_viewed_at: datetime | None = None,
+    cart_at: datetime | None = None,
+    ordered_at: datetime | None = None,
+    consent_at: datetime | None = None,
+    since: Sequence[Any] = (),
 ) -> Context:
-    """Read a document written by :func:`encode_document`."""
+    """Read a document written by :func:`encode_document` (``since``: the identities'
+    since times, in their order)."""
     checkout = document["checkout"]
     consent = document["consent"]
     cart = document["cart"]
@@ -339,6 +431,10 @@ def from_document(
             TriggerRecord(t["id"], t["action"], t["channel"], _time(t["at"]))
             for t in document["last_triggers"]
         ),
+        _identities(document, since),
         zero_searches,
         product_viewed_at,
+        cart_at,
+        ordered_at,
+        consent_at,
     )

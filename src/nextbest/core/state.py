@@ -12,6 +12,13 @@ replay may change: the triggers it emitted (``context.last_triggers``), when
 each action was last triggered (``last_fired``, the cooldown, in event time)
 and the deadline each timer signal last fired for (``fired``). ``seen_ids`` are
 the newest event ids (an id seen again is ignored).
+
+A profile with more than one identifier (contract §10) also keeps ``parts``:
+per identifier, the state of its own events alone (a timeline like this one),
+so that an identifier that leaves takes back exactly what happened under it
+(see :mod:`nextbest.core.profile`). ``membership`` is the bookkeeping of the
+identity protocol (the sequence number of the newest identity operation
+applied, and the one being assembled here).
 """
 
 from __future__ import annotations
@@ -25,14 +32,24 @@ import orjson
 from nextbest.core.context import (
     TRIGGERS_KEPT,
     Context,
+    Identity,
     TriggerRecord,
     encode_document,
     from_document,
 )
 from nextbest.core.envelope import DATA_FIELDS, Event
+from nextbest.core.identity import CUSTOMER, Identifier
 
 _JSON = orjson.OPT_UTC_Z
-__all__ = ["CustomerState", "Step", "decode", "encode", "encode_base", "encode_document"]
+__all__ = [
+    "CustomerState",
+    "Membership",
+    "Step",
+    "decode",
+    "encode",
+    "encode_base",
+    "encode_document",
+]
 
 SEEN_KEPT = 100
 FORMAT = 2  # of the encoded state; 1 had no timeline (no "v" key)
@@ -59,8 +76,30 @@ class Step(NamedTuple):
         return len(self.encoded)
 
 
+class Membership(NamedTuple):
+    """Where a profile stands in the identity protocol (``adapters/identity.py``).
+
+    ``epoch``: the sequence number of the newest identity operation applied to
+    it (an older command is stale and ignored). ``assembling``: the operation
+    whose shipments it awaits (``expected`` of them), and the sources
+    ``received`` so far.
+    """
+
+    epoch: int = 0
+    assembling: int = 0
+    expected: int = 0
+    received: tuple[str, ...] = ()
+
+
+NO_MEMBERSHIP = Membership()
+
+
 class CustomerState(NamedTuple):
-    """``context``: all events folded in time order; ``base``: all but ``recent``."""
+    """``context``: all events folded in time order; ``base``: all but ``recent``.
+
+    ``parts`` (only for a profile of several identifiers): identifier key ->
+    the state of that identifier's own events.
+    """
 
     context: Context
     base: Context
@@ -70,10 +109,19 @@ class CustomerState(NamedTuple):
     seen_ids: tuple[str, ...] = ()
     last_fired: Mapping[str, datetime] = {}
     fired: Mapping[str, datetime] = {}
+    parts: Mapping[str, CustomerState] = {}
+    membership: Membership = NO_MEMBERSHIP
 
     @classmethod
     def new(cls, customer_id: str) -> CustomerState:
-        empty = Context(customer_id)
+        empty = Context(customer_id, identities=(Identity(CUSTOMER, customer_id),))
+        return cls(empty, empty)
+
+    @classmethod
+    def named(cls, identifier: Identifier, since: datetime | None) -> CustomerState:
+        """A new profile of ``identifier`` alone, known from ``since``."""
+        identity = Identity(identifier.type, identifier.id, _since=since)
+        empty = Context(identifier.profile_id, identities=(identity,))
         return cls(empty, empty)
 
     @property
@@ -101,6 +149,8 @@ def record_trigger(state: CustomerState, record: TriggerRecord, moment: datetime
         state.seen_ids,
         last_fired,
         state.fired,
+        state.parts,
+        state.membership,
     )
 
 
@@ -109,7 +159,20 @@ def record_trigger(state: CustomerState, record: TriggerRecord, moment: datetime
 
 def _extras(context: Context) -> dict[str, Any]:
     """What the stored state keeps beside the document: the context's underscore fields."""
-    return {"zero_searches": context.zero_searches, "product_viewed_at": context.product_viewed_at}
+    extras: dict[str, Any] = {
+        "zero_searches": context._zero_searches,
+        "product_viewed_at": context._product_viewed_at,
+    }
+    if context._cart_at is not None:
+        extras["cart_at"] = context._cart_at
+    if context._ordered_at is not None:
+        extras["ordered_at"] = context._ordered_at
+    if context._consent_at is not None:
+        extras["consent_at"] = context._consent_at
+    identities = context.identities
+    if len(identities) > 1 or (identities and identities[0]._since is not None):
+        extras["since"] = [identity._since for identity in identities]
+    return extras
 
 
 def encode_base(base: Context) -> bytes:
@@ -120,38 +183,52 @@ def encode_base(base: Context) -> bytes:
     return orjson.dumps({"document": document, "extras": _extras(base)}, option=_JSON)
 
 
+def _stored(state: CustomerState, document: bytes | None) -> dict[str, Any]:
+    context = state.context
+    stored: dict[str, Any] = {
+        "v": FORMAT,
+        "context": orjson.Fragment(document if document is not None else encode_document(context)),
+        "extras": _extras(context),
+        "base": orjson.Fragment(state.base_encoded),
+        "recent": [orjson.Fragment(s.encoded) for s in state.recent],
+        "raised": [s.raised for s in state.recent],
+        "seen_ids": state.seen_ids,
+        "last_fired": state.last_fired,
+        "fired": state.fired,
+    }
+    if state.parts:
+        stored["parts"] = {key: _stored(part, None) for key, part in state.parts.items()}
+    if state.membership != NO_MEMBERSHIP:
+        stored["membership"] = list(state.membership)
+    return stored
+
+
 def encode(state: CustomerState, document: bytes | None = None) -> bytes:
     """The state as JSON bytes; ``document`` is ``encode_document(state.context)`` if known."""
-    context = state.context
-    return orjson.dumps(
-        {
-            "v": FORMAT,
-            "context": orjson.Fragment(
-                document if document is not None else encode_document(context)
-            ),
-            "extras": _extras(context),
-            "base": orjson.Fragment(state.base_encoded),
-            "recent": [orjson.Fragment(s.encoded) for s in state.recent],
-            "raised": [s.raised for s in state.recent],
-            "seen_ids": state.seen_ids,
-            "last_fired": state.last_fired,
-            "fired": state.fired,
-        },
-        option=_JSON,
-    )
+    return orjson.dumps(_stored(state, document), option=_JSON)
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
 
 
 def _context(document: Mapping[str, Any], extras: Mapping[str, Any]) -> Context:
-    viewed = extras.get("product_viewed_at")
     return from_document(
         document,
         zero_searches=tuple(datetime.fromisoformat(t) for t in extras.get("zero_searches", ())),
-        product_viewed_at=None if viewed is None else datetime.fromisoformat(viewed),
+        product_viewed_at=_time(extras.get("product_viewed_at")),
+        cart_at=_time(extras.get("cart_at")),
+        ordered_at=_time(extras.get("ordered_at")),
+        consent_at=_time(extras.get("consent_at")),
+        since=extras.get("since", ()),
     )
 
 
 def decode(raw: bytes) -> CustomerState:
-    stored: dict[str, Any] = orjson.loads(raw)
+    return _decoded(orjson.loads(raw))
+
+
+def _decoded(stored: dict[str, Any]) -> CustomerState:
     if stored.get("v") is None:  # format 1: no timeline; everything is base
         extras = {
             "zero_searches": stored["zero_searches"],
@@ -172,7 +249,7 @@ def decode(raw: bytes) -> CustomerState:
     context = _context(stored["context"], stored["extras"])
     stored_base = stored["base"]
     base = (
-        Context(context.customer_id)
+        Context(context.customer_id, identities=context.identities)
         if stored_base is None
         else _context(stored_base["document"], stored_base["extras"])
     )
@@ -191,7 +268,14 @@ def decode(raw: bytes) -> CustomerState:
         tuple(stored["seen_ids"]),
         _times(stored["last_fired"]),
         _times(stored["fired"]),
+        {key: _decoded(part) for key, part in stored.get("parts", {}).items()},
+        _membership(stored["membership"]) if "membership" in stored else NO_MEMBERSHIP,
     )
+
+
+def _membership(stored: list[Any]) -> Membership:
+    epoch, assembling, expected, received = stored
+    return Membership(epoch, assembling, expected, tuple(received))
 
 
 def _times(stored: Mapping[str, str]) -> dict[str, datetime]:

@@ -88,7 +88,7 @@ def place(state: CustomerState, event: Event, now: datetime, bounds: Bounds) -> 
         return _replay(state, event, now, bounds, seen_ids, behind)
     base = _fold(state.base, (event,), now, bounds)
     context = _fold(base, (s.event for s in recent), now, bounds)
-    context = context.with_triggers(state.context.last_triggers, None)
+    context = context.adopt(state.context)
     placed = CustomerState(
         context,
         base,
@@ -98,6 +98,8 @@ def place(state: CustomerState, event: Event, now: datetime, bounds: Bounds) -> 
         seen_ids,
         state.last_fired,
         state.fired,
+        state.parts,
+        state.membership,
     )
     return Placement(placed, (), behind, beyond=True)
 
@@ -130,7 +132,16 @@ def _append(
         base, recent, size = _trim(base, recent, size, now, bounds)
         encoded = encode_base(base)
     placed = CustomerState(
-        after, base, encoded, recent, size, seen_ids, state.last_fired, state.fired
+        after,
+        base,
+        encoded,
+        recent,
+        size,
+        seen_ids,
+        state.last_fired,
+        state.fired,
+        state.parts,
+        state.membership,
     )
     return Placement(placed, signals)
 
@@ -173,7 +184,7 @@ def _replay(
         raised = 0 if index == position else step.raised
         revealed.extend(s for s in found if not raised & SIGNAL_BITS[s.name])
         steps.append(step._replace(raised=raised | _bits(found)))
-    context = context.with_triggers(state.context.last_triggers, None)
+    context = context.adopt(state.context)
     base, encoded = state.base, state.base_encoded
     kept = tuple(steps)
     size = state.recent_bytes + inserted.size
@@ -181,7 +192,16 @@ def _replay(
         base, kept, size = _trim(base, kept, size, now, bounds)
         encoded = encode_base(base)
     placed = CustomerState(
-        context, base, encoded, kept, size, seen_ids, state.last_fired, state.fired
+        context,
+        base,
+        encoded,
+        kept,
+        size,
+        seen_ids,
+        state.last_fired,
+        state.fired,
+        state.parts,
+        state.membership,
     )
     return Placement(placed, tuple(revealed), behind)
 
