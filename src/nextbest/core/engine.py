@@ -9,13 +9,15 @@ and :meth:`Engine.expire` are the same for one event or one customer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from nextbest.core import profile
 from nextbest.core.config import EngineConfig
-from nextbest.core.context import Context
+from nextbest.core.context import Context, Identity
 from nextbest.core.envelope import Event
+from nextbest.core.identity import CUSTOMER, Identifier
 from nextbest.core.rules import RuleSet, Suppression, decide
 from nextbest.core.signals import Signal
 from nextbest.core.state import CustomerState, record_trigger
@@ -67,22 +69,64 @@ class Engine:
         )
 
     def process(self, state: CustomerState | None, event: Event, now: datetime) -> Outcome:
-        before = state if state is not None else CustomerState.new(event.subject)
+        before = state if state is not None else self.new_profile(event)
         if event.id in before.seen_ids:
             return Outcome(before, applied=False)
         placed = place(before, event, now, self._bounds)
+        after = placed.state
+        if after.parts:  # a profile of several identifiers: the event's own part too
+            key = f"{event.subjecttype}:{event.subject}"
+            part = after.parts.get(key)
+            if part is not None:
+                part = place(part, event, now, self._bounds).state
+                after = after._replace(parts={**after.parts, key: part})
         if not placed.signals:
-            return Outcome(placed.state, True, (), None, None, (), placed.behind, placed.beyond)
-        return self._decide(placed.state, placed.signals, now, placed.behind, placed.beyond)
+            return Outcome(after, True, (), None, None, (), placed.behind, placed.beyond)
+        return self._decide(after, placed.signals, now, placed.behind, placed.beyond)
+
+    def new_profile(self, event: Event) -> CustomerState:
+        """The state of a subject seen for the first time: a profile of its own."""
+        if event.subjecttype == CUSTOMER:
+            return CustomerState.new(event.subject)
+        return CustomerState.named(Identifier(event.subjecttype, event.subject), event.time)
+
+    # --- identity operations (contract §10; the protocol is adapters/identity.py) ---------
+
+    def absorb(
+        self,
+        target: CustomerState | None,
+        profile_id: str,
+        shipments: Sequence[profile.Shipment],
+        now: datetime,
+    ) -> Outcome:
+        """``target`` joined by ``shipments``; a signal the combined timeline reveals
+        (say the login on mobile after an anonymous web cart) is decided now."""
+        state, signals = profile.absorb(target, profile_id, shipments, now, self._bounds)
+        if not signals:
+            return Outcome(state, True)
+        return self._decide(state, signals, now)
+
+    def split(
+        self, state: CustomerState, leaving: Collection[str], now: datetime
+    ) -> tuple[CustomerState | None, dict[str, CustomerState]]:
+        """The rest of ``state`` without the identifiers ``leaving``, and their parts."""
+        return profile.split(state, leaving, now, self._bounds)
+
+    def promote(
+        self, part: CustomerState, identity: Identity, version: int, now: datetime
+    ) -> CustomerState:
+        """A part that left as a profile of its own."""
+        return profile.promote(part, identity, version, now, self._bounds)
 
     def process_batch(
         self, states: Mapping[str, CustomerState | None], events: Iterable[Event], now: datetime
     ) -> Batch:
-        """Apply ``events`` in order; ``states`` holds (at least) every subject's state."""
+        """Apply ``events`` in order; ``states`` holds (at least) every subject's state,
+        keyed by ``event.profile`` when the adapter resolved one, else by the subject."""
         changed: dict[str, CustomerState] = {}
         outcomes: list[Outcome] = []
         for event in events:
-            subject = event.subject
+            subject = event.profile or event.subject  # a profile's state key, or the customer id
             state = changed.get(subject)
             if state is None:
                 state = states.get(subject)
