@@ -54,6 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--malformed", type=float, default=0.0, help="fraction of records to break on purpose"
     )
+    simulate.add_argument(
+        "--think",
+        type=_think,
+        default=None,
+        metavar="LOW-HIGH",
+        help="seconds between a customer's own events, e.g. 1-6 (default: back to back)",
+    )
+    simulate.add_argument(
+        "--skew",
+        type=_skew,
+        action="append",
+        default=[],
+        metavar="CHANNEL=SECONDS",
+        help="deliver a channel's events that many seconds late, their time unchanged",
+    )
     for command, (module, text) in TOOLS.items():
         _tool(module).add_arguments(commands.add_parser(command, help=text, description=text))
     deadletter = commands.add_parser("deadletter", help="work with events.deadletter")
@@ -82,6 +97,28 @@ def _run_tool(module: str, args: argparse.Namespace, settings: Settings) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return status
+
+
+def _think(text: str) -> tuple[float, float]:
+    low, _, high = text.partition("-")
+    try:
+        pair = (float(low), float(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW-HIGH seconds") from None
+    if not 0 < pair[0] <= pair[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 < LOW <= HIGH")
+    return pair
+
+
+def _skew(text: str) -> tuple[str, float]:
+    channel, _, seconds = text.partition("=")
+    try:
+        delay = float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not CHANNEL=SECONDS") from None
+    if not channel or delay < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not CHANNEL=SECONDS")
+    return channel, delay
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("nextbest: --rate and --customers must be positive, --malformed in 0..1",
                   file=sys.stderr)  # fmt: skip
             return 2
+        unknown = [channel for channel, _ in args.skew if channel not in settings.channels]
+        if unknown:
+            print(f"nextbest: --skew names an unknown channel: {unknown[0]}", file=sys.stderr)
+            return 2
         journeys = Journeys(
             customers=args.customers,
             seed=args.seed,
@@ -134,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     duration=args.duration,
                     count=args.count,
                     client_options=kafka_client_options(settings),
+                    think=args.think,
+                    skew=dict(args.skew),
                 )
             )
         return 0
