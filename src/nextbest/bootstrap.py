@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import sys
 import time
 import weakref
@@ -33,9 +32,15 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from redis.asyncio import Redis
 
+from nextbest.adapters.access import AccessError, check_api, check_worker
 from nextbest.adapters.cache import StateCache
+from nextbest.adapters.clients import (
+    ClientConfigError,
+    faust_credentials,
+    kafka_client_options,
+    redis_client,
+)
 from nextbest.adapters.delivery import use_eager_delivery
 from nextbest.adapters.projection import RedisMirror
 from nextbest.adapters.recovery import RecoveryWatch
@@ -96,55 +101,6 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_signal_age=settings.max_signal_age,
         max_event_bytes=settings.max_event_bytes,
     )
-
-
-def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
-        return None
-    context = ssl.create_default_context(
-        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-    )
-    if settings.kafka_ssl_certfile is not None:
-        context.load_cert_chain(
-            str(settings.kafka_ssl_certfile),
-            str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-        )
-    return context
-
-
-def kafka_client_options(settings: Settings) -> dict[str, Any]:
-    """Security options for aiokafka clients."""
-    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    context = _ssl_context(settings)
-    if context is not None:
-        options["ssl_context"] = context
-    if settings.kafka_security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        password = settings.kafka_sasl_password
-        options["sasl_plain_password"] = password.get_secret_value() if password else None
-    return options
-
-
-def _faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
-    context = _ssl_context(settings)
-    if settings.kafka_security_protocol.startswith("SASL"):
-        password = settings.kafka_sasl_password
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=password.get_secret_value() if password else None,
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=context,
-        )
-    return faust.SSLCredentials(context) if context is not None else None
-
-
-def redis_client(settings: Settings) -> Redis:
-    options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
-    if settings.redis_ssl_ca_certs is not None:
-        options["ssl_ca_certs"] = str(settings.redis_ssl_ca_certs)
-    client: Redis = Redis.from_url(settings.redis_url, **options)
-    return client
 
 
 def changelog_topic(app_id: str) -> str:
@@ -245,7 +201,7 @@ def build_worker(settings: Settings) -> Worker:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
-        broker_credentials=_faust_credentials(settings),
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.data_dir),
         topic_partitions=partitions,
@@ -502,6 +458,14 @@ def run_api(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level, format="[%(asctime)s] [%(levelname)s] %(message)s"
     )
+    try:
+        asyncio.run(check_api(settings))
+    except ClientConfigError as error:
+        print(f"nextbest: {error}", file=sys.stderr)
+        return 2
+    except AccessError as error:
+        print(f"nextbest: {error}", file=sys.stderr)
+        return 1
     web.run_app(
         build_api(settings),
         host="0.0.0.0",  # noqa: S104 - widgets and desktops call it from other hosts
@@ -516,14 +480,16 @@ def run_worker(settings: Settings) -> int:
     """Run the worker in the foreground until SIGINT/SIGTERM."""
     try:
         worker = build_worker(settings)
-    except (RulesError, OSError) as error:
+    except (RulesError, OSError, ClientConfigError) as error:
         print(f"nextbest: {error}", file=sys.stderr)
         return 2
     loop = uvloop.new_event_loop()  # faust's per-record path is event-loop bound
     asyncio.set_event_loop(loop)
     try:
+        # credentials, certificates and ACLs, before faust retries what cannot work
+        loop.run_until_complete(check_worker(settings, topic_names(settings)))
         loop.run_until_complete(ensure_topics(settings))
-    except StartupError as error:
+    except (StartupError, AccessError) as error:
         print(f"nextbest: {error}", file=sys.stderr)
         return 1
     runner = faust.Worker(worker.app, loop=loop, loglevel=settings.log_level.lower())
