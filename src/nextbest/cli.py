@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
         "dev", help="local Kafka and Redis for development and tests, without Docker"
     )
     dev.add_argument("action", choices=("up", "down", "status"))
+    dev.add_argument(
+        "--secure",
+        action="store_true",
+        help="the secured stack: Kafka SASL_SSL + mutual TLS + ACLs, Redis TLS + ACL users",
+    )
     demo = commands.add_parser(
         "demo", help="send a demo journey to events.<channel> and print triggers as they come"
     )
@@ -49,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         from nextbest.devstack import run as run_devstack
 
-        return run_devstack(args.action)
+        return run_devstack(args.action, secure=args.secure)
     try:
         settings = load_settings()
     except SettingsError as error:
@@ -67,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import asyncio
         import contextlib
 
-        from nextbest.bootstrap import kafka_client_options
+        from nextbest.adapters.clients import kafka_client_options
         from nextbest.simulator.journeys import Journeys
         from nextbest.simulator.sender import simulate
 
