@@ -54,6 +54,7 @@ from nextbest.adapters.stream import (
 )
 from nextbest.api.app import ApiConfig, ApiMetrics, ContextApi
 from nextbest.api.contexts import RedisContexts
+from nextbest.api.widget_tokens import WidgetTokenError, widget_tokens_from
 from nextbest.core.config import EngineConfig
 from nextbest.core.engine import Engine
 from nextbest.core.rules import RulesError, RuleSet, load_rules
@@ -431,7 +432,22 @@ def _guarded(name: str, work: Callable[[], Awaitable[None]]) -> Callable[[], Awa
 
 
 def build_api(settings: Settings) -> web.Application:
-    """The API process: reads the Redis mirror only, never the worker."""
+    """The API process: reads the Redis mirror only, never the worker.
+
+    Raises :class:`WidgetTokenError` for an unusable widget-token key file.
+    """
+    widgets = widget_tokens_from(
+        settings.widget_token_public_key_file,
+        audience=settings.widget_token_audience,
+        max_ttl=settings.widget_token_max_ttl.total_seconds(),
+    )
+    if widgets is not None:
+        log.info("widget tokens accepted, signed by key(s) %s", ", ".join(widgets.key_ids))
+    elif not settings.api_tokens:
+        log.warning(
+            "no NEXTBEST_API_TOKENS and no NEXTBEST_WIDGET_TOKEN_PUBLIC_KEY_FILE: "
+            "/v1 answers anyone who can reach this port"
+        )
     contexts = RedisContexts(redis_client(settings))
     api = ContextApi(
         contexts,
@@ -441,6 +457,7 @@ def build_api(settings: Settings) -> web.Application:
             rate_burst=settings.api_rate_burst,
             max_request_bytes=settings.api_max_request_bytes,
             keepalive=settings.api_keepalive.total_seconds(),
+            widget_tokens=widgets,
         ),
         ApiMetrics(CollectorRegistry()),
     )
@@ -459,15 +476,16 @@ def run_api(settings: Settings) -> int:
         level=settings.log_level, format="[%(asctime)s] [%(levelname)s] %(message)s"
     )
     try:
+        app = build_api(settings)
         asyncio.run(check_api(settings))
-    except ClientConfigError as error:
+    except (ClientConfigError, WidgetTokenError) as error:
         print(f"nextbest: {error}", file=sys.stderr)
         return 2
     except AccessError as error:
         print(f"nextbest: {error}", file=sys.stderr)
         return 1
     web.run_app(
-        build_api(settings),
+        app,
         host="0.0.0.0",  # noqa: S104 - widgets and desktops call it from other hosts
         port=settings.api_port,
         access_log=None,  # paths carry customer ids: no access log at INFO

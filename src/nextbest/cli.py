@@ -1,10 +1,11 @@
-"""The ``nextbest`` command: ``worker``, ``api``, ``simulate``, ``dev up|down|status``, ``demo``."""
+"""The ``nextbest`` command: ``worker``, ``api``, ``simulate``, ``dev``, ``demo``, ``token``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nextbest.settings import SettingsError, load_settings
 
@@ -33,6 +34,27 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="send a demo journey to events.<channel> and print triggers as they come"
     )
     demo.add_argument("--customer", default=None, help="the demo customer's id")
+    token = commands.add_parser(
+        "token",
+        help="mint a widget token for one customer's context (printed alone on stdout)",
+    )
+    token.add_argument("--customer", help="the customer id the token opens")
+    token.add_argument(
+        "--ttl", default="15m", help="how long it is valid, e.g. 15m (at most the API's max)"
+    )
+    token.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        help="Ed25519 private key, PEM (default: NEXTBEST_WIDGET_TOKEN_PRIVATE_KEY_FILE)",
+    )
+    token.add_argument(
+        "--new-key",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="instead: write a new private key to PATH (mode 0600) and its public key to PATH.pub",
+    )
     simulate = commands.add_parser(
         "simulate", help="send realistic omnichannel journeys to events.<channel> at a fixed rate"
     )
@@ -98,6 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         return 0
+    if args.command == "token":
+        from nextbest.api.token_command import mint_command, new_key_command
+
+        if args.new_key is not None:
+            return new_key_command(args.new_key)
+        return mint_command(settings, args.customer, args.ttl, args.key)
     if args.command == "demo":
         import asyncio
         import contextlib
