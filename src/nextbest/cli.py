@@ -6,8 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nextbest.settings import SettingsError, load_settings
+from nextbest.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from nextbest.adapters.access import KafkaNeeds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import asyncio
         import contextlib
 
+        from nextbest.adapters.access import producer_needs
         from nextbest.adapters.clients import kafka_client_options
         from nextbest.simulator.journeys import Journeys
         from nextbest.simulator.sender import simulate
@@ -102,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("nextbest: --rate and --customers must be positive, --malformed in 0..1",
                   file=sys.stderr)  # fmt: skip
             return 2
+        refused = _kafka_refuses(settings, producer_needs(settings))
+        if refused is not None:
+            return refused
         journeys = Journeys(
             customers=args.customers,
             seed=args.seed,
@@ -130,12 +138,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         import asyncio
         import contextlib
 
+        from nextbest.adapters.access import demo_needs
+        from nextbest.adapters.clients import kafka_client_options
         from nextbest.devstack.demo import show
 
+        refused = _kafka_refuses(settings, demo_needs(settings))
+        if refused is not None:
+            return refused
+        options = kafka_client_options(settings)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the demo ends
-            asyncio.run(show(settings.kafka_bootstrap, settings.channels, args.customer))
+            asyncio.run(show(settings.kafka_bootstrap, settings.channels, args.customer, options))
         return 0
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _kafka_refuses(settings: Settings, needs: KafkaNeeds) -> int | None:
+    """None when Kafka lets this command do its work, else the exit status (said on stderr)."""
+    import asyncio
+
+    from nextbest.adapters.access import AccessError, check_kafka
+    from nextbest.adapters.clients import ClientConfigError
+
+    try:
+        asyncio.run(check_kafka(settings, needs))
+    except ClientConfigError as error:
+        print(f"nextbest: {error}", file=sys.stderr)
+        return 2
+    except AccessError as error:
+        print(f"nextbest: {error}", file=sys.stderr)
+        return 1
+    return None
 
 
 if __name__ == "__main__":

@@ -106,8 +106,16 @@ def worker_needs(settings: Settings, topics: Iterable[str]) -> KafkaNeeds:
 
 
 def producer_needs(settings: Settings) -> KafkaNeeds:
-    """``nextbest simulate`` and ``demo`` write the events topics."""
+    """``nextbest simulate`` writes the events topics."""
     return KafkaNeeds(write=tuple(event_topic(channel) for channel in settings.channels))
+
+
+def demo_needs(settings: Settings) -> KafkaNeeds:
+    """``nextbest demo`` writes the events topics and reads the trigger topics."""
+    return KafkaNeeds(
+        write=tuple(event_topic(channel) for channel in settings.channels),
+        read=tuple(trigger_topic(channel) for channel in settings.channels),
+    )
 
 
 @contextlib.contextmanager
@@ -264,6 +272,8 @@ async def _check_topics(
         return [_Denied("Describe topic", unauthorized)]
     missing = sorted(t for t, code in errors.items() if code == UNKNOWN_TOPIC_OR_PARTITION)
     denied: list[_Denied] = []
+    # a missing topic is created by the worker, or auto-created by the broker for a
+    # producer: only whether this user may create it is checked, and only for the worker
     if missing and needs.create_missing:
         response = await admin.create_topics(
             [NewTopic(name, needs.partitions, 1) for name in missing], validate_only=True
@@ -271,8 +281,6 @@ async def _check_topics(
         refused = [e[0] for e in response.topic_errors if e[1] == TOPIC_AUTHORIZATION_FAILED]
         if refused:
             denied.append(_Denied("Create topic (it does not exist yet)", sorted(refused)))
-    elif missing:
-        raise AccessError(f"topic {missing[0]} does not exist")
     write = [t for t in needs.write if t in leaders]
     read = [t for t in needs.read if t in leaders]
     refused_writes = await _probe(client, leaders, write, _produce_probe)

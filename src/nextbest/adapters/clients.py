@@ -142,11 +142,12 @@ def redis_user(settings: Settings) -> str:
     return settings.redis_username or urlsplit(settings.redis_url).username or "default"
 
 
-def redis_client(settings: Settings, *, timeout: float = 2.0) -> Redis:
+def redis_client(settings: Settings, *, timeout: float | None = 2.0) -> Redis:
     """A Redis client for ``NEXTBEST_REDIS_URL`` with its CA, ACL user and password.
 
     ``lib_name=None``: no ``CLIENT SETINFO`` on connect, which a least-privilege
     ACL user may not run (Redis would log every refusal in its ACL LOG).
+    ``timeout=None`` for a client that waits on a subscription.
     """
     options: dict[str, Any] = {
         "socket_timeout": timeout,
