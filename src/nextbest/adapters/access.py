@@ -247,7 +247,8 @@ async def _connect(settings: Settings, options: dict[str, Any]) -> str:
 def _tls_hint(cause: str) -> str:
     if "not trusted" in cause:
         return "set NEXTBEST_KAFKA_SSL_CAFILE to the CA that signed the broker's certificate"
-    if "certificate required" in cause or "unknown ca" in cause or "bad certificate" in cause:
+    said = cause.lower().replace("_", " ")
+    if any(alert in said for alert in ("certificate required", "unknown ca", "bad certificate")):
         return (
             "the broker wants a client certificate it trusts: check "
             "NEXTBEST_KAFKA_SSL_CERTFILE and NEXTBEST_KAFKA_SSL_KEYFILE"

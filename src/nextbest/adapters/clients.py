@@ -7,11 +7,15 @@ admin through :func:`faust_credentials`, the start-up admin through
 and the benchmark tools.
 
 Nothing here logs, and no message or repr made here holds a secret:
-:func:`redis_address` and :func:`kafka_address` are what may be shown.
+:func:`redis_address` and :func:`kafka_address` are what may be shown. At
+DEBUG, aiokafka logs every request it sends, SASL authentication included
+(with ``PLAIN`` that is the password itself); building Kafka options here also
+installs :class:`SaslRedaction` on aiokafka's connection logger.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +26,28 @@ from redis.asyncio import Redis
 from nextbest.settings import Settings
 
 TLS_MINIMUM = ssl.TLSVersion.TLSv1_2
+
+
+class SaslRedaction(logging.Filter):
+    """Replace SASL authentication requests and answers in aiokafka's DEBUG lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(_is_sasl(arg) for arg in record.args):
+            record.args = tuple(
+                f"<{type(arg).__name__}: redacted>" if _is_sasl(arg) else arg for arg in record.args
+            )
+        return True
+
+
+def _is_sasl(value: object) -> bool:
+    return type(value).__name__.startswith("SaslAuthenticate")
+
+
+def redact_sasl_in_client_logs() -> None:
+    """Once per process: no SASL exchange in aiokafka's log lines, at any level."""
+    logger = logging.getLogger("aiokafka.conn")
+    if not any(isinstance(f, SaslRedaction) for f in logger.filters):
+        logger.addFilter(SaslRedaction())
 
 
 class ClientConfigError(Exception):
@@ -83,6 +109,7 @@ def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 def kafka_client_options(settings: Settings) -> dict[str, Any]:
     """Security options for an aiokafka client (producer, consumer, admin)."""
+    redact_sasl_in_client_logs()
     options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
     context = kafka_ssl_context(settings)
     if context is not None:
@@ -101,6 +128,7 @@ def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
     faust picks SASL_SSL when ``SASLCredentials`` carries a context and
     SASL_PLAINTEXT when not; settings say the same by construction.
     """
+    redact_sasl_in_client_logs()
     context = kafka_ssl_context(settings)
     if settings.kafka_security_protocol.startswith("SASL"):
         password = settings.kafka_sasl_password
