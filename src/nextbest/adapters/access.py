@@ -196,7 +196,11 @@ async def _check_kafka(settings: Settings, needs: KafkaNeeds) -> None:
         if needs.group is not None and not denied:
             denied = await _check_group(admin, needs.group)
     except KafkaError as error:
-        raise AccessError(f"{where}: {who} was refused ({type(error).__name__})") from None
+        raise AccessError(
+            f"{where}: {who} was refused ({type(error).__name__}); is "
+            f"NEXTBEST_KAFKA_SECURITY_PROTOCOL ({settings.kafka_security_protocol}) the "
+            "listener's protocol?"
+        ) from None
     finally:
         await client.close()
         await admin.close()
@@ -213,7 +217,7 @@ async def _check_kafka(settings: Settings, needs: KafkaNeeds) -> None:
 async def _connect(settings: Settings, options: dict[str, Any]) -> str:
     """Open one connection with the configured security; the address that answered."""
     who = kafka_user(settings)
-    unreachable: list[str] = []
+    unreachable: list[tuple[str, str]] = []
     for address in settings.kafka_bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
         try:
@@ -234,14 +238,22 @@ async def _connect(settings: Settings, options: dict[str, Any]) -> str:
             cause = _tls_cause(error)
             if cause is not None:
                 raise AccessError(f"Kafka at {address}: {cause}; {_tls_hint(cause)}") from None
+            if isinstance(error, KafkaError):  # it accepted the connection, then dropped it
+                raise AccessError(
+                    f"Kafka at {address}: the broker closed the connection at the first "
+                    f"request ({type(error).__name__}); is NEXTBEST_KAFKA_SECURITY_PROTOCOL "
+                    f"({settings.kafka_security_protocol}) the listener's protocol?"
+                ) from None
             reason = getattr(error, "strerror", None) or type(error).__name__
-            unreachable.append(f"{address} ({reason})")
+            unreachable.append((address.strip(), str(reason)))
             continue
         connection.close()
         return address.strip()
-    raise Unreachable(
-        f"Kafka at {settings.kafka_bootstrap}: nothing answers: {', '.join(unreachable)}"
-    )
+    if len(unreachable) == 1:
+        why = unreachable[0][1]
+    else:
+        why = "; ".join(f"{address}: {reason}" for address, reason in unreachable)
+    raise Unreachable(f"Kafka at {settings.kafka_bootstrap}: nothing answers ({why})")
 
 
 def _tls_hint(cause: str) -> str:
