@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -334,15 +335,31 @@ async def _probe(
     return sorted(set(refused))
 
 
-async def _check_group(admin: AIOKafkaAdminClient, group: str) -> list[_Denied]:
-    try:
-        responses = await admin.describe_consumer_groups(
-            [group], include_authorized_operations=True
-        )
-    except KafkaError as error:
-        if "GroupAuthorization" in type(error).__name__:
-            return [_Denied("Read group", [group], "GROUP_AUTHORIZATION_FAILED")]
-        raise
+async def _check_group(
+    admin: AIOKafkaAdminClient, group: str, *, within: float = 8.0
+) -> list[_Denied]:
+    """The group's Read, from DescribeGroups' authorized operations.
+
+    On a new broker the group coordinator is not there until ``__consumer_offsets``
+    exists; a retriable error is retried for ``within`` seconds, then the check is
+    left to the consumer (it waits for the coordinator itself).
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            responses = await admin.describe_consumer_groups(
+                [group], include_authorized_operations=True
+            )
+            break
+        except KafkaError as error:
+            if "GroupAuthorization" in type(error).__name__:
+                return [_Denied("Read group", [group], "GROUP_AUTHORIZATION_FAILED")]
+            if not getattr(error, "retriable", False):
+                raise
+            if time.monotonic() > deadline:
+                log.debug("group %s: no coordinator yet (%s)", group, type(error).__name__)
+                return []
+            await asyncio.sleep(0.25)
     for response in responses:
         for described in response.to_object()["groups"]:
             if described["error_code"] == GROUP_AUTHORIZATION_FAILED:
