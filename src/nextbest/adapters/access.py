@@ -169,7 +169,7 @@ class _Denied:
 
 async def check_kafka(settings: Settings, needs: KafkaNeeds, *, within: float = 15.0) -> None:
     """Raise :class:`AccessError` unless this process can do on Kafka what ``needs`` says."""
-    with _quiet("aiokafka", "kafka"):
+    with _quiet("aiokafka"):
         try:
             await asyncio.wait_for(_check_kafka(settings, needs), within)
         except TimeoutError:
