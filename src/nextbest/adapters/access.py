@@ -38,6 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
+    KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
@@ -196,12 +197,21 @@ async def _check_kafka(settings: Settings, needs: KafkaNeeds) -> None:
         denied = await _check_topics(admin, client, needs)
         if needs.group is not None and not denied:
             denied = await _check_group(admin, needs.group)
-    except KafkaError as error:
+    except KafkaConnectionError as error:  # connected, then dropped: another protocol
         raise AccessError(
             f"{where}: {who} was refused ({type(error).__name__}); is "
             f"NEXTBEST_KAFKA_SECURITY_PROTOCOL ({settings.kafka_security_protocol}) the "
             "listener's protocol?"
         ) from None
+    except KafkaError as error:
+        if not getattr(error, "retriable", False):
+            raise AccessError(f"{where}: {who} was refused ({type(error).__name__})") from None
+        # a busy or changing cluster (no leader, no controller yet): not a refusal;
+        # the clients retry such errors themselves
+        log.warning(
+            "%s: permissions not checked (%s); starting anyway", where, type(error).__name__
+        )
+        return
     finally:
         await client.close()
         await admin.close()
