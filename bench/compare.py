@@ -66,6 +66,7 @@ from bench.arms.floor import OUTPUT_TOPIC
 from bench.procstat import cpu_seconds, peak_rss_bytes
 from bench.report import render
 from bench.workload import Sent, Workload, open_loop, preload
+from nextbest.adapters.clients import kafka_client_options, redis_client
 from nextbest.adapters.projection import KEY_PREFIX, UPDATES_PREFIX
 from nextbest.adapters.topics import changelog_topic
 from nextbest.bootstrap import ensure_topics
@@ -230,15 +231,19 @@ def ready(port: int) -> bool:
 class Watch:
     """Asks the broker and Redis how far an arm has got."""
 
-    def __init__(self, arm: str, bootstrap: str, redis: Redis, workload: Workload) -> None:
+    def __init__(self, arm: str, settings: Settings, redis: Redis, workload: Workload) -> None:
         self.arm = arm
-        self.bootstrap = bootstrap
+        self.settings = settings
         self.redis = redis
         self.workload = workload
         self._offsets: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> Watch:
-        self._offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
+        self._offsets = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=None,
+            **kafka_client_options(self.settings),
+        )
         await self._offsets.start()
         return self
 
@@ -297,12 +302,11 @@ async def wait_until(check: Any, *, within: float, arm: Arm, every: float = 0.1)
 class Effects:
     """Reads what an arm produces during a measured load, timing each arrival."""
 
-    def __init__(self, arm: str, bootstrap: str, redis_url: str, workload: Workload):
+    def __init__(self, arm: str, settings: Settings, workload: Workload):
         self.arm = arm
         self.partitions = workload.partitions
         channels = workload.channels
-        self.bootstrap = bootstrap
-        self.redis_url = redis_url
+        self.settings = settings
         self.topics = [OUTPUT_TOPIC] if arm == "floor" else [f"triggers.{c}" for c in channels]
         self.intended: dict[str, float] = {}
         self.window = (0.0, 0.0)  # intended times measured: after the warm-up
@@ -315,7 +319,11 @@ class Effects:
             self.intended[record.id] = record.intended
 
     async def __aenter__(self) -> Effects:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=None,
+            **kafka_client_options(self.settings),
+        )
         await consumer.start()
         partitions = [TopicPartition(t, p) for t in self.topics for p in range(self.partitions)]
         consumer.assign(partitions)
@@ -324,7 +332,7 @@ class Effects:
             await consumer.position(partition)
         self._tasks.append(asyncio.create_task(self._records(consumer)))
         if self.arm != "floor":
-            redis = Redis.from_url(self.redis_url)
+            redis = redis_client(self.settings, timeout=None)  # subscribed: waits are long
             pubsub = redis.pubsub()
             await pubsub.psubscribe(UPDATES_PREFIX + "*")
             self._tasks.append(asyncio.create_task(self._updates(redis, pubsub)))
@@ -445,15 +453,16 @@ class Bench:
         }
         settings = Settings(**{k.removeprefix("NEXTBEST_").lower(): v for k, v in env.items()})
         await ensure_topics(settings)
-        await self._create(endpoints.kafka_bootstrap, OUTPUT_TOPIC, settings.topic_partitions)
+        await self._create(settings, OUTPUT_TOPIC)
         journeys = Journeys(customers=self.plan.customers, seed=rep, channels=settings.channels)
         workload = Workload(journeys, settings.channels, settings.topic_partitions)
-        redis = Redis.from_url(endpoints.redis_url)
+        redis = redis_client(settings, timeout=None)
         arm = Arm(name, env, self.workdir)
         try:
-            async with Watch(name, endpoints.kafka_bootstrap, redis, workload) as watch:
+            async with Watch(name, settings, redis, workload) as watch:
                 await watch.leaders([OUTPUT_TOPIC, *(f"events.{c}" for c in settings.channels)])
-                await preload(workload, endpoints.kafka_bootstrap, self.plan.events)
+                security = kafka_client_options(settings)
+                await preload(workload, settings.kafka_bootstrap, self.plan.events, security)
                 result = await self._drain(arm, watch, rep, services)
                 say(
                     f"  {name}: {result.events_per_s:,.0f} events/s, "
@@ -471,7 +480,7 @@ class Bench:
                         say(f"  {name} at {rate:,.0f}/s: above its max, not run")
                         continue
                     settled = await self._settle(arm, services)
-                    load = await self._load(arm, watch, workload, endpoints, label, rate)
+                    load = await self._load(arm, watch, workload, settings, label, rate)
                     load.settled_after_s = settled
                     result.loads.append(load)
                     say(
@@ -482,9 +491,7 @@ class Bench:
                 result.peak_rss_mb = round(peak_rss_bytes(arm.pid) / 2**20, 1)
             arm.stop()
             if name == "nextbest" and self.plan.loads:
-                result.recovery = await self._recovery(
-                    arm, endpoints.kafka_bootstrap, app_id, settings.topic_partitions
-                )
+                result.recovery = await self._recovery(arm, settings)
                 say(f"  recovery: {result.recovery}")
         finally:
             arm.stop()
@@ -492,11 +499,13 @@ class Bench:
             services.down()
         return result
 
-    async def _create(self, bootstrap: str, topic: str, partitions: int) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    async def _create(self, settings: Settings, topic: str) -> None:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap, **kafka_client_options(settings)
+        )
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(topic, partitions, 1)])
+            await admin.create_topics([NewTopic(topic, settings.topic_partitions, 1)])
         finally:
             await admin.close()
 
@@ -569,11 +578,11 @@ class Bench:
         arm: Arm,
         watch: Watch,
         workload: Workload,
-        endpoints: Any,
+        settings: Settings,
         label: str,
         rate: float,
     ) -> LoadResult:
-        effects = Effects(arm.name, endpoints.kafka_bootstrap, endpoints.redis_url, workload)
+        effects = Effects(arm.name, settings, workload)
         start = time.time()
         effects.window = (start + self.plan.warmup, start + self.plan.warmup + self.plan.seconds)
         sent_before = workload.sent
@@ -582,10 +591,11 @@ class Bench:
             window = asyncio.create_task(self._window(histogram))
             late = await open_loop(
                 workload,
-                endpoints.kafka_bootstrap,
+                settings.kafka_bootstrap,
                 rate=rate,
                 seconds=self.plan.warmup + self.plan.seconds,
                 on_sent=effects.sent,
+                client_options=kafka_client_options(settings),
             )
             worker_p99 = await window
             finished = time.monotonic()
@@ -615,14 +625,16 @@ class Bench:
         end = await asyncio.to_thread(histogram.read)
         return histogram.p99_ms(start, end)
 
-    async def _recovery(
-        self, arm: Arm, bootstrap: str, app_id: str, partitions: int
-    ) -> dict[str, float]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    async def _recovery(self, arm: Arm, settings: Settings) -> dict[str, float]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=None,
+            **kafka_client_options(settings),
+        )
         await consumer.start()
         try:
-            topic = changelog_topic(app_id)
-            changelog = [TopicPartition(topic, p) for p in range(partitions)]
+            topic = changelog_topic(settings.app_id)
+            changelog = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
             ends = await consumer.end_offsets(changelog)
             begins = await consumer.beginning_offsets(changelog)
         finally:

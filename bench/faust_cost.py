@@ -44,6 +44,7 @@ import orjson
 
 from bench.compare import STACK_ENV, machine, say
 from bench.workload import Workload, preload
+from nextbest.adapters.clients import faust_credentials, kafka_client_options
 from nextbest.devstack import stack
 from nextbest.settings import Settings
 from nextbest.simulator.journeys import Journeys
@@ -100,6 +101,7 @@ async def _consume(settings: Settings, tally: Tally) -> None:
         group_id=f"cost-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **kafka_client_options(settings),
     )
     await consumer.start()
     try:
@@ -123,6 +125,7 @@ def _faust(mode: str, settings: Settings, tally: Tally, data_dir: Path) -> None:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://" if mode in ("table", "batch-table") else "memory://",
         datadir=str(data_dir),
         web_enabled=False,
@@ -223,7 +226,8 @@ async def _prepare(records: int, app_id: str) -> Settings:
     settings = Settings(kafka_bootstrap=endpoints.kafka_bootstrap, app_id=app_id)
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    security = kafka_client_options(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **security)
     await admin.start()
     try:
         names = [f"events.{c}" for c in settings.channels] + [OUTPUT]
@@ -237,7 +241,7 @@ async def _prepare(records: int, app_id: str) -> Settings:
     await asyncio.sleep(1.0)  # leaders elected
     journeys = Journeys(customers=20_000, seed=1, channels=settings.channels)
     workload = Workload(journeys, settings.channels, settings.topic_partitions)
-    await preload(workload, settings.kafka_bootstrap, records)
+    await preload(workload, settings.kafka_bootstrap, records, security)
     return settings
 
 

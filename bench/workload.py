@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -65,15 +66,26 @@ class Workload:
         return dict(self.last.values())
 
 
-def producer(bootstrap: str, *, linger_ms: int) -> AIOKafkaProducer:
+def producer(
+    bootstrap: str, *, linger_ms: int, client_options: Mapping[str, Any] | None = None
+) -> AIOKafkaProducer:
+    """``client_options``: TLS/SASL, from ``nextbest.adapters.clients.kafka_client_options``."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=linger_ms, max_batch_size=512 * 1024
+        bootstrap_servers=bootstrap,
+        linger_ms=linger_ms,
+        max_batch_size=512 * 1024,
+        **(client_options or {}),
     )
 
 
-async def preload(workload: Workload, bootstrap: str, count: int) -> None:
+async def preload(
+    workload: Workload,
+    bootstrap: str,
+    count: int,
+    client_options: Mapping[str, Any] | None = None,
+) -> None:
     """Send ``count`` records as fast as possible: the backlog an arm drains."""
-    kafka = producer(bootstrap, linger_ms=20)
+    kafka = producer(bootstrap, linger_ms=20, client_options=client_options)
     await kafka.start()
     try:
         for _ in range(count):
@@ -91,6 +103,7 @@ async def open_loop(
     rate: float,
     seconds: float,
     on_sent: Callable[[Sent], None],
+    client_options: Mapping[str, Any] | None = None,
 ) -> float:
     """Send at ``rate``/s for ``seconds`` on a fixed schedule; return the worst lateness (s).
 
@@ -98,7 +111,7 @@ async def open_loop(
     intended time, not the moment it really left, is what latency is measured
     from: a slow arm or a slow sender shows as latency, never as a lower rate.
     """
-    kafka = producer(bootstrap, linger_ms=1)
+    kafka = producer(bootstrap, linger_ms=1, client_options=client_options)
     await kafka.start()
     worst = 0.0
     try:

@@ -19,6 +19,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from nextbest.adapters.clients import kafka_client_options
 from nextbest.settings import Settings
 
 OUTPUT_TOPIC = "bench.floor.out"
@@ -26,14 +27,16 @@ COMMIT_INTERVAL = 2.8  # seconds, faust's broker_commit_interval
 
 
 async def pass_through(settings: Settings, stop: asyncio.Event) -> None:
+    security = kafka_client_options(settings)  # the worker's TLS/SASL settings
     consumer = AIOKafkaConsumer(
         *(f"events.{channel}" for channel in settings.channels),
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=settings.app_id,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **security,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=1)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=1, **security)
     await producer.start()
     await consumer.start()
     print("floor arm ready", flush=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 import sys
 import threading
 from dataclasses import dataclass
@@ -22,9 +21,15 @@ import faust
 import uvloop
 from aiohttp import web
 from prometheus_client import CollectorRegistry, disable_created_metrics
-from redis.asyncio import Redis
 
+from nextbest.adapters.access import AccessError, check_api, check_worker
 from nextbest.adapters.cache import StateCache
+from nextbest.adapters.clients import (
+    ClientConfigError,
+    faust_credentials,
+    kafka_client_options,
+    redis_client,
+)
 from nextbest.adapters.consumer import use_batch_consumer
 from nextbest.adapters.pages import add_pages
 from nextbest.adapters.projection import RedisMirror
@@ -41,6 +46,7 @@ from nextbest.adapters.table import ContextTable
 from nextbest.adapters.topics import TABLE, TopicError, TopicNames, create_topics
 from nextbest.api.app import ApiConfig, ApiMetrics, ContextApi
 from nextbest.api.contexts import RedisContexts
+from nextbest.api.widget_tokens import WidgetTokenError, widget_tokens_from
 from nextbest.core.config import EngineConfig
 from nextbest.core.engine import Engine
 from nextbest.core.rules import RulesError, RuleSet, load_rules
@@ -88,55 +94,6 @@ def engine_config(settings: Settings) -> EngineConfig:
         reorder_max_events=settings.reorder_max_events,
         reorder_max_bytes=settings.reorder_max_bytes,
     )
-
-
-def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
-        return None
-    context = ssl.create_default_context(
-        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-    )
-    if settings.kafka_ssl_certfile is not None:
-        context.load_cert_chain(
-            str(settings.kafka_ssl_certfile),
-            str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-        )
-    return context
-
-
-def kafka_client_options(settings: Settings) -> dict[str, Any]:
-    """Security options for aiokafka clients."""
-    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    context = _ssl_context(settings)
-    if context is not None:
-        options["ssl_context"] = context
-    if settings.kafka_security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        password = settings.kafka_sasl_password
-        options["sasl_plain_password"] = password.get_secret_value() if password else None
-    return options
-
-
-def _faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
-    context = _ssl_context(settings)
-    if settings.kafka_security_protocol.startswith("SASL"):
-        password = settings.kafka_sasl_password
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=password.get_secret_value() if password else None,
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=context,
-        )
-    return faust.SSLCredentials(context) if context is not None else None
-
-
-def redis_client(settings: Settings) -> Redis:
-    options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
-    if settings.redis_ssl_ca_certs is not None:
-        options["ssl_ca_certs"] = str(settings.redis_ssl_ca_certs)
-    client: Redis = Redis.from_url(settings.redis_url, **options)
-    return client
 
 
 def topic_names(settings: Settings) -> TopicNames:
@@ -199,7 +156,7 @@ def build_worker(settings: Settings) -> Worker:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
-        broker_credentials=_faust_credentials(settings),
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.data_dir),
         topic_partitions=partitions,
@@ -310,7 +267,22 @@ def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
 
 
 def build_api(settings: Settings) -> web.Application:
-    """The API process: reads the Redis mirror only, never the worker."""
+    """The API process: reads the Redis mirror only, never the worker.
+
+    Raises :class:`WidgetTokenError` for an unusable widget-token key file.
+    """
+    widgets = widget_tokens_from(
+        settings.widget_token_public_key_file,
+        audience=settings.widget_token_audience,
+        max_ttl=settings.widget_token_max_ttl.total_seconds(),
+    )
+    if widgets is not None:
+        log.info("widget tokens accepted, signed by key(s) %s", ", ".join(widgets.key_ids))
+    elif not settings.api_tokens:
+        log.warning(
+            "no NEXTBEST_API_TOKENS and no NEXTBEST_WIDGET_TOKEN_PUBLIC_KEY_FILE: "
+            "/v1 answers anyone who can reach this port"
+        )
     contexts = RedisContexts(redis_client(settings))
     api = ContextApi(
         contexts,
@@ -320,6 +292,7 @@ def build_api(settings: Settings) -> web.Application:
             rate_burst=settings.api_rate_burst,
             max_request_bytes=settings.api_max_request_bytes,
             keepalive=settings.api_keepalive.total_seconds(),
+            widget_tokens=widgets,
         ),
         ApiMetrics(CollectorRegistry()),
     )
@@ -337,8 +310,17 @@ def run_api(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level, format="[%(asctime)s] [%(levelname)s] %(message)s"
     )
+    try:
+        app = build_api(settings)
+        asyncio.run(check_api(settings))
+    except (ClientConfigError, WidgetTokenError) as error:
+        print(f"nextbest: {error}", file=sys.stderr)
+        return 2
+    except AccessError as error:
+        print(f"nextbest: {error}", file=sys.stderr)
+        return 1
     web.run_app(
-        build_api(settings),
+        app,
         host="0.0.0.0",  # noqa: S104 - widgets and desktops call it from other hosts
         port=settings.api_port,
         access_log=None,  # paths carry customer ids: no access log at INFO
@@ -354,12 +336,14 @@ def run_worker(settings: Settings) -> int:
     asyncio.set_event_loop(loop)
     try:
         worker = build_worker(settings)
-    except (RulesError, OSError) as error:
+    except (RulesError, OSError, ClientConfigError) as error:
         print(f"nextbest: {error}", file=sys.stderr)
         return 2
     try:
+        # credentials, certificates and ACLs, before faust retries what cannot work
+        loop.run_until_complete(check_worker(settings, topic_names(settings).all()))
         loop.run_until_complete(ensure_topics(settings))
-    except StartupError as error:
+    except (StartupError, AccessError) as error:
         print(f"nextbest: {error}", file=sys.stderr)
         return 1
     runner = _Worker(worker.app, loop=loop, loglevel=settings.log_level.lower())

@@ -1,4 +1,4 @@
-"""The ``nextbest`` command: ``worker``, ``api``, ``simulate``, ``dev up|down|status``, ``demo``,
+"""The ``nextbest`` command: ``worker``, ``api``, ``simulate``, ``dev``, ``demo``, ``token``,
 and the tools of :mod:`nextbest.tools`: ``validate``, ``send``, ``tail``, ``context``,
 ``deadletter replay``."""
 
@@ -9,9 +9,13 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from nextbest.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from nextbest.adapters.access import KafkaNeeds
 
 # command -> (module of nextbest.tools, help); each has add_arguments(parser), run(args, settings)
 TOOLS = {
@@ -37,10 +41,36 @@ def _parser() -> argparse.ArgumentParser:
         "dev", help="local Kafka and Redis for development and tests, without Docker"
     )
     dev.add_argument("action", choices=("up", "down", "status"))
+    dev.add_argument(
+        "--secure",
+        action="store_true",
+        help="the secured stack: Kafka SASL_SSL + mutual TLS + ACLs, Redis TLS + ACL users",
+    )
     demo = commands.add_parser(
         "demo", help="send a demo journey to events.<channel> and print triggers as they come"
     )
     demo.add_argument("--customer", default=None, help="the demo customer's id")
+    token = commands.add_parser(
+        "token",
+        help="mint a widget token for one customer's context (printed alone on stdout)",
+    )
+    token.add_argument("--customer", help="the customer id the token opens")
+    token.add_argument(
+        "--ttl", default="15m", help="how long it is valid, e.g. 15m (at most the API's max)"
+    )
+    token.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        help="Ed25519 private key, PEM (default: NEXTBEST_WIDGET_TOKEN_PRIVATE_KEY_FILE)",
+    )
+    token.add_argument(
+        "--new-key",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="instead: write a new private key to PATH (mode 0600) and its public key to PATH.pub",
+    )
     simulate = commands.add_parser(
         "simulate", help="send realistic omnichannel journeys to events.<channel> at a fixed rate"
     )
@@ -53,6 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--count", type=int, default=None, help="stop after this many events")
     simulate.add_argument(
         "--malformed", type=float, default=0.0, help="fraction of records to break on purpose"
+    )
+    simulate.add_argument(
+        "--think",
+        type=_think,
+        default=None,
+        metavar="LOW-HIGH",
+        help="seconds between a customer's own events, e.g. 1-6 (default: back to back)",
+    )
+    simulate.add_argument(
+        "--skew",
+        type=_skew,
+        action="append",
+        default=[],
+        metavar="CHANNEL=SECONDS",
+        help="deliver a channel's events that many seconds late, their time unchanged",
     )
     for command, (module, text) in TOOLS.items():
         _tool(module).add_arguments(commands.add_parser(command, help=text, description=text))
@@ -84,12 +129,34 @@ def _run_tool(module: str, args: argparse.Namespace, settings: Settings) -> int:
     return status
 
 
+def _think(text: str) -> tuple[float, float]:
+    low, _, high = text.partition("-")
+    try:
+        pair = (float(low), float(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW-HIGH seconds") from None
+    if not 0 < pair[0] <= pair[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 < LOW <= HIGH")
+    return pair
+
+
+def _skew(text: str) -> tuple[str, float]:
+    channel, _, seconds = text.partition("=")
+    try:
+        delay = float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not CHANNEL=SECONDS") from None
+    if not channel or delay < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not CHANNEL=SECONDS")
+    return channel, delay
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "dev":
         from nextbest.devstack import run as run_devstack
 
-        return run_devstack(args.action)
+        return run_devstack(args.action, secure=args.secure)
     try:
         settings = load_settings()
     except SettingsError as error:
@@ -111,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import asyncio
         import contextlib
 
-        from nextbest.bootstrap import kafka_client_options
+        from nextbest.adapters.access import producer_needs
+        from nextbest.adapters.clients import kafka_client_options
         from nextbest.simulator.journeys import Journeys
         from nextbest.simulator.sender import simulate
 
@@ -119,6 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("nextbest: --rate and --customers must be positive, --malformed in 0..1",
                   file=sys.stderr)  # fmt: skip
             return 2
+        unknown = [channel for channel, _ in args.skew if channel not in settings.channels]
+        if unknown:
+            print(f"nextbest: --skew names an unknown channel: {unknown[0]}", file=sys.stderr)
+            return 2
+        refused = _kafka_refuses(settings, producer_needs(settings))
+        if refused is not None:
+            return refused
         journeys = Journeys(
             customers=args.customers,
             seed=args.seed,
@@ -134,19 +209,51 @@ def main(argv: Sequence[str] | None = None) -> int:
                     duration=args.duration,
                     count=args.count,
                     client_options=kafka_client_options(settings),
+                    think=args.think,
+                    skew=dict(args.skew),
                 )
             )
         return 0
+    if args.command == "token":
+        from nextbest.api.token_command import mint_command, new_key_command
+
+        if args.new_key is not None:
+            return new_key_command(args.new_key)
+        return mint_command(settings, args.customer, args.ttl, args.key)
     if args.command == "demo":
         import asyncio
         import contextlib
 
+        from nextbest.adapters.access import demo_needs
+        from nextbest.adapters.clients import kafka_client_options
         from nextbest.devstack.demo import show
 
+        refused = _kafka_refuses(settings, demo_needs(settings))
+        if refused is not None:
+            return refused
+        options = kafka_client_options(settings)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the demo ends
-            asyncio.run(show(settings.kafka_bootstrap, settings.channels, args.customer))
+            asyncio.run(show(settings.kafka_bootstrap, settings.channels, args.customer, options))
         return 0
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _kafka_refuses(settings: Settings, needs: KafkaNeeds) -> int | None:
+    """None when Kafka lets this command do its work, else the exit status (said on stderr)."""
+    import asyncio
+
+    from nextbest.adapters.access import AccessError, check_kafka
+    from nextbest.adapters.clients import ClientConfigError
+
+    try:
+        asyncio.run(check_kafka(settings, needs))
+    except ClientConfigError as error:
+        print(f"nextbest: {error}", file=sys.stderr)
+        return 2
+    except AccessError as error:
+        print(f"nextbest: {error}", file=sys.stderr)
+        return 1
+    return None
 
 
 if __name__ == "__main__":

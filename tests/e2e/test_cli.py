@@ -56,6 +56,4 @@ def test_an_unreachable_broker_is_named(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     done = run_worker(tmp_path, NEXTBEST_KAFKA_BOOTSTRAP=address)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == (
-        f"nextbest: cannot reach Kafka at {address} (KafkaConnectionError)"
-    )
+    assert done.stderr == f"nextbest: Kafka at {address}: nothing answers (Connection refused)\n"

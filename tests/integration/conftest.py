@@ -6,7 +6,24 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.integration.harness import Channels, WorkerProcess
+from tests.integration import logscan
+from tests.integration.harness import PROCESS_LOGS, SENT_SUBJECTS, Channels, WorkerProcess
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_customer_id_in_any_process_log() -> Iterator[None]:
+    """After the whole tier: no log line at INFO or above, of any worker or API process
+    a test started, names a customer id a test sent (contract §8).
+
+    The processes run at INFO here, the level production runs at; the secured
+    suite's test_personal_data runs a worker and an API at DEBUG and checks
+    which level each line is logged at.
+    """
+    yield
+    found = logscan.findings(PROCESS_LOGS, SENT_SUBJECTS, at_least="INFO")
+    assert not found, (
+        f"customer ids in {len(found)} log line(s) at INFO or above:\n" + logscan.report(found)
+    )
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,14 @@ each test gets fresh offsets and a fresh changelog. A new group would read
 ``events.<channel>`` from the beginning, every earlier test's events included;
 so before a new group's first start its offsets are set to the end of those
 topics, and the worker sees only what its test sends.
+
+``client_options`` (aiokafka's TLS/SASL options) let the same helpers drive a
+secured broker; a ``rediss://user:password@host:port/0?ssl_ca_certs=…`` URL
+does the same for Redis.
+
+The customer ids the helpers send and every log a process writes are
+remembered (:data:`SENT_SUBJECTS`, :data:`PROCESS_LOGS`): at the end of the
+session, tests/integration/conftest.py checks that no log line names one.
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ from redis.asyncio import Redis
 from nextbest.core.envelope import DEFAULT_CHANNELS
 from tests import contract
 
+# every customer id sent through these helpers, and every log a WorkerProcess wrote
+SENT_SUBJECTS: set[str] = set()
+PROCESS_LOGS: list[Path] = []
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -66,6 +78,8 @@ class WorkerProcess:
     command: str = "worker"
     # False when joining a group another WorkerProcess started (its offsets are set)
     new_group: bool = True
+    # aiokafka TLS/SASL options for the harness's own clients (setting the group's offsets)
+    client_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def log_path(self) -> Path:
@@ -73,8 +87,9 @@ class WorkerProcess:
 
     def start(self, *, data_dir: Path | None = None, ready_within: float = 90.0) -> None:
         if self.runs == 0 and self.new_group and self.command == "worker":
-            _in_thread(start_at_end(self.bootstrap, self.app_id))
+            _in_thread(start_at_end(self.bootstrap, self.app_id, self.client_options))
         self.runs += 1
+        PROCESS_LOGS.append(self.log_path)
         self.data_dir = data_dir or self.workdir / f"data-{self.runs}"
         env = {
             **os.environ,
@@ -158,9 +173,12 @@ def _in_thread(work: Coroutine[Any, Any, None]) -> None:
         pool.submit(asyncio.run, work).result()
 
 
-async def start_at_end(bootstrap: str, group: str) -> None:
+async def start_at_end(
+    bootstrap: str, group: str, client_options: Mapping[str, Any] | None = None
+) -> None:
     """Commit ``group``'s offsets at the current end of every ``events.<channel>`` topic."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    options = dict(client_options or {})
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -176,7 +194,7 @@ async def start_at_end(bootstrap: str, group: str) -> None:
     if not partitions:  # a new broker: nothing to skip
         return
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **options
     )
     await consumer.start()
     try:
@@ -195,6 +213,7 @@ def cloudevent(
     time_: datetime | None = None,
     **attributes: Any,
 ) -> bytes:
+    SENT_SUBJECTS.add(subject)
     document: dict[str, Any] = {
         "specversion": "1.0",
         "id": id_ or uuid.uuid4().hex,
@@ -212,8 +231,10 @@ def cloudevent(
 class Channels:
     """A producer to ``events.<channel>``, keyed by the customer id unless told otherwise."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    def __init__(self, bootstrap: str, client_options: Mapping[str, Any] | None = None) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, linger_ms=0, **(client_options or {})
+        )
 
     async def __aenter__(self) -> Channels:
         await self._producer.start()
@@ -262,6 +283,7 @@ async def read(
     count: int = 1,
     within: float = 20.0,
     settle: float = 0.0,
+    client_options: Mapping[str, Any] | None = None,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Records of ``topics`` (from the start) for which ``match`` holds.
 
@@ -274,6 +296,7 @@ async def read(
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **(client_options or {}),
     )
     await consumer.start()
     found: list[ConsumerRecord[bytes, bytes]] = []

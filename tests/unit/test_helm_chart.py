@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from functools import cache
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nextbest.api.widget_tokens import load_public_keys
 from nextbest.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,11 +27,8 @@ TOOLS = Path(os.environ.get("NEXTBEST_TOOLS_DIR", REPO / ".dev/tools"))
 SCENARIOS = ["default", *sorted(p.name for p in (CHART / "ci").glob("*.yaml"))]
 CRDS = {"ServiceMonitor", "PrometheusRule"}  # not in the Kubernetes schemas: checked below
 # checkov findings accepted, each for a reason (offline, checkov cannot tell severities):
-ACCEPTED = {
-    # nextbest reads its settings from the environment (contract §9); the values
-    # come from Secrets by reference and are never written into the manifests
-    "CKV_K8S_35",
-}
+# none: secrets are mounted as files (CKV_K8S_35 holds), settings are plain values
+ACCEPTED: set[str] = set()
 # ... and for the default values only, which deploy by tag for a first try
 ACCEPTED_BY_TAG = {"CKV_K8S_43", "CKV_K8S_15"}
 
@@ -142,19 +141,116 @@ def test_three_workers_are_a_statefulset_with_a_volume_each() -> None:
     assert env["NEXTBEST_DATA_DIR"]["value"].startswith("/var/lib/nextbest")
 
 
-def test_credentials_come_from_existing_secrets() -> None:
-    scenario = "three-workers-values.yaml"
-    env = env_of(scenario, "StatefulSet")
-    password = env["NEXTBEST_KAFKA_SASL_PASSWORD"]
-    assert "value" not in password
-    assert password["valueFrom"]["secretKeyRef"]["name"] == "nextbest-kafka-sasl"
-    assert env["NEXTBEST_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "nextbest-redis"
-    assert env["NEXTBEST_KAFKA_SSL_CAFILE"]["value"] == "/etc/nextbest/kafka-tls/ca.crt"
-    api_env = env_of(scenario, "Deployment")
-    assert api_env["NEXTBEST_API_TOKENS"]["valueFrom"]["secretKeyRef"]["name"] == (
-        "nextbest-api-tokens"
-    )
+def mounted_file(spec: dict[str, Any], container: dict[str, Any], path: str) -> tuple[str, str]:
+    """The (Secret or ConfigMap name, key) a file path of ``container`` comes from."""
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    for mount in container["volumeMounts"]:
+        folder = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(folder):
+            continue
+        assert mount.get("readOnly") is True, mount
+        volume = volumes[mount["name"]]
+        source = volume.get("secret") or volume.get("configMap")
+        assert source is not None, volume
+        name = source.get("secretName") or source.get("name")
+        relative = path.removeprefix(folder)
+        items = {item["path"]: item["key"] for item in source.get("items", [])}
+        if items:
+            assert relative in items, (path, items)
+            return name, items[relative]
+        return name, relative  # the whole Secret: its keys are the file names
+    raise AssertionError(f"{path} is on no mounted volume")
+
+
+def files_of(scenario: str, kind: str) -> dict[str, tuple[str, str]]:
+    """Every setting of the workload that names a file -> (Secret/ConfigMap, key)."""
+    [workload] = by_kind(scenario, kind)
+    spec = workload["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    return {
+        item["name"]: mounted_file(spec, container, item["value"])
+        for item in container["env"]
+        if str(item.get("value", "")).startswith("/etc/nextbest/")
+    }
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_no_secret_is_an_environment_variable(scenario: str) -> None:
+    for kind in ("StatefulSet", "Deployment"):
+        for workload in by_kind(scenario, kind):
+            for container in workload["spec"]["template"]["spec"]["containers"]:
+                for item in container["env"]:
+                    assert "valueFrom" not in item, item
     assert "Secret" not in {d["kind"] for d in documents(scenario)}
+
+
+def test_credentials_are_files_from_existing_secrets() -> None:
+    scenario = "three-workers-values.yaml"
+    assert files_of(scenario, "StatefulSet") == {
+        "NEXTBEST_KAFKA_SASL_PASSWORD_FILE": ("nextbest-kafka-sasl", "password"),
+        "NEXTBEST_KAFKA_SSL_CAFILE": ("nextbest-kafka-ca", "ca.crt"),
+        "NEXTBEST_REDIS_PASSWORD_FILE": ("nextbest-redis-worker", "password"),
+        "NEXTBEST_REDIS_SSL_CA_CERTS": ("nextbest-redis-ca", "ca.crt"),
+        "NEXTBEST_RULES": ("r1-nextbest-rules", "rules.toml"),
+    }
+    assert files_of(scenario, "Deployment") == {
+        "NEXTBEST_REDIS_PASSWORD_FILE": ("nextbest-redis-api", "password"),
+        "NEXTBEST_REDIS_SSL_CA_CERTS": ("nextbest-redis-ca", "ca.crt"),
+        "NEXTBEST_API_TOKENS_FILE": ("nextbest-api-tokens", "tokens"),
+        "NEXTBEST_WIDGET_TOKEN_PUBLIC_KEY_FILE": ("r1-nextbest-widget-keys", "public-keys.pem"),
+    }
+    worker, api = env_of(scenario, "StatefulSet"), env_of(scenario, "Deployment")
+    assert worker["NEXTBEST_REDIS_USERNAME"]["value"] == "nextbest-worker"
+    assert api["NEXTBEST_REDIS_USERNAME"]["value"] == "nextbest-api"
+    assert worker["NEXTBEST_KAFKA_SASL_USERNAME"]["value"] == "nextbest"
+    assert api["NEXTBEST_WIDGET_TOKEN_MAX_TTL"]["value"] == "15m"
+    # the API never talks to Kafka: no Kafka setting, no Kafka secret in its pods
+    assert not [name for name in api if name.startswith("NEXTBEST_KAFKA")]
+
+
+def test_mutual_tls_and_secrets_holding_whole_values() -> None:
+    scenario = "mtls-values.yaml"
+    assert files_of(scenario, "StatefulSet") == {
+        "NEXTBEST_KAFKA_SSL_CAFILE": ("nextbest-kafka-client", "ca.crt"),
+        "NEXTBEST_KAFKA_SSL_CERTFILE": ("nextbest-kafka-client", "tls.crt"),
+        "NEXTBEST_KAFKA_SSL_KEYFILE": ("nextbest-kafka-client", "tls.key"),
+        "NEXTBEST_KAFKA_SSL_KEY_PASSWORD_FILE": ("nextbest-kafka-client", "tls.key.password"),
+        "NEXTBEST_REDIS_URL_FILE": ("nextbest-redis-url", "url"),
+        "NEXTBEST_REDIS_SSL_CA_CERTS": ("nextbest-redis-ca", "ca.crt"),
+    }
+    api = files_of(scenario, "Deployment")
+    assert api["NEXTBEST_WIDGET_TOKEN_PUBLIC_KEY_FILE"] == (
+        "nextbest-widget-keys",
+        "public-keys.pem",
+    )
+
+
+def test_secret_files_are_readable_by_the_pod_group_only() -> None:
+    [workers] = by_kind("three-workers-values.yaml", "StatefulSet")
+    for volume in workers["spec"]["template"]["spec"]["volumes"]:
+        if "secret" in volume:
+            assert volume["secret"]["defaultMode"] == 0o440, volume
+
+
+def test_the_inline_widget_key_is_a_public_key_the_api_loads(tmp_path: Path) -> None:
+    [config] = [
+        c
+        for c in by_kind("three-workers-values.yaml", "ConfigMap")
+        if c["metadata"]["name"].endswith("-widget-keys")
+    ]
+    keys = tmp_path / "public-keys.pem"
+    keys.write_text(config["data"]["public-keys.pem"])
+    assert len(load_public_keys(keys)) == 1
+
+
+def test_rotating_widget_keys_rolls_the_api() -> None:
+    def checksum(*extra: str) -> str:
+        out = helm("template", "r1", str(CHART), *extra)
+        [api] = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"]
+        return str(api["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    key = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"
+    assert checksum("--set-string", f"api.widgetTokens.publicKeys={key}") != checksum()
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -244,6 +340,29 @@ def test_the_values_schema_refuses_mistakes(bad: str) -> None:
 def test_sasl_without_a_secret_is_refused() -> None:
     with pytest.raises(AssertionError, match=r"kafka\.sasl\.existingSecret is required"):
         helm("template", "r1", str(CHART), "--set", "kafka.securityProtocol=SASL_SSL")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["kafka.tls.existingSecret=ca"], "kafka.tls.existingSecret needs kafka.securityProtocol"),
+        (["redis.tls.existingSecret=ca"], "redis.tls.existingSecret needs a rediss:// redis.url"),
+        (
+            ["kafka.securityProtocol=SSL", "kafka.tls.existingSecret=c", "kafka.tls.certKey=t"],
+            "kafka.tls.keyKey is required",
+        ),
+    ],
+)
+def test_tls_settings_that_would_be_ignored_are_refused(values: list[str], message: str) -> None:
+    arguments = [argument for value in values for argument in ("--set", value)]
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        helm("template", "r1", str(CHART), *arguments)
+
+
+def test_a_private_key_is_refused_as_a_widget_public_key() -> None:
+    key = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n-----END PRIVATE KEY-----\n"
+    with pytest.raises(AssertionError, match=r"values don.t meet the specifications|schema"):
+        helm("template", "r1", str(CHART), "--set-string", f"api.widgetTokens.publicKeys={key}")
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

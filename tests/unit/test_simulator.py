@@ -80,3 +80,27 @@ def test_a_fraction_is_broken_on_request_and_every_broken_one_is_rejected() -> N
             parse(event.value(), (), event.channel, now=NOW)
         reasons[caught.value.reason.value] += 1
     assert set(reasons) == {"invalid_json", "invalid_envelope", "invalid_data", "not_utf8"}
+
+
+def paced(count: int, rate: float = 200.0, seed: int = 7) -> list[SimulatedEvent]:
+    journeys = Journeys(customers=1000, seed=seed, channels=DEFAULT_CHANNELS)
+    return list(islice(journeys.paced(rate, think=(1.0, 4.0)), count))
+
+
+def test_paced_journeys_space_each_customers_events_as_people_do() -> None:
+    events = paced(6000)
+    assert [e.at for e in events] == sorted(e.at for e in events)
+    by_customer: dict[str, list[float]] = {}
+    for event in events:
+        by_customer.setdefault(event.customer, []).append(event.at)
+    gaps = [b - a for times in by_customer.values() for a, b in pairwise(times)]
+    assert min(gaps) >= 1.0 - 1e-9  # seconds apart, never back to back
+    span = events[-1].at - events[100].at
+    assert 150 < (len(events) - 100) / span < 260  # about the rate asked for
+    assert [(e.customer, e.at) for e in paced(500)] == [(e.customer, e.at) for e in paced(500)]
+
+
+def test_paced_journeys_refuse_impossible_think_times() -> None:
+    journeys = Journeys(customers=10, seed=1, channels=DEFAULT_CHANNELS)
+    with pytest.raises(ValueError, match="think"):
+        next(journeys.paced(10.0, think=(3.0, 1.0)))

@@ -62,88 +62,213 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end }}
 
-{{/* The settings both processes read: contract section 9. */}}
+{{/*
+The settings of one component: include "nextbest.env" (list . "worker"|"api").
+Secrets never become environment variables: each existing Secret is mounted
+read-only under /etc/nextbest and named by a NEXTBEST_*_FILE setting, read at
+start-up (README: Security). The API gets no Kafka settings at all.
+*/}}
 {{- define "nextbest.env" -}}
+{{- $root := index . 0 }}
+{{- $component := index . 1 }}
+{{- $v := $root.Values }}
+{{- if eq $component "worker" }}
 - name: NEXTBEST_KAFKA_BOOTSTRAP
-  value: {{ .Values.kafka.bootstrap | quote }}
+  value: {{ $v.kafka.bootstrap | quote }}
 - name: NEXTBEST_KAFKA_SECURITY_PROTOCOL
-  value: {{ .Values.kafka.securityProtocol | quote }}
-{{- if hasPrefix "SASL" .Values.kafka.securityProtocol }}
+  value: {{ $v.kafka.securityProtocol | quote }}
+{{- if hasPrefix "SASL" $v.kafka.securityProtocol }}
+{{- $_ := required "kafka.sasl.existingSecret is required for SASL" $v.kafka.sasl.existingSecret }}
 - name: NEXTBEST_KAFKA_SASL_MECHANISM
-  value: {{ .Values.kafka.sasl.mechanism | quote }}
+  value: {{ $v.kafka.sasl.mechanism | quote }}
 - name: NEXTBEST_KAFKA_SASL_USERNAME
-  value: {{ .Values.kafka.sasl.username | quote }}
-- name: NEXTBEST_KAFKA_SASL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ required "kafka.sasl.existingSecret is required for SASL" .Values.kafka.sasl.existingSecret }}
-      key: {{ .Values.kafka.sasl.passwordKey }}
+  value: {{ required "kafka.sasl.username is required for SASL" $v.kafka.sasl.username | quote }}
+- name: NEXTBEST_KAFKA_SASL_PASSWORD_FILE
+  value: /etc/nextbest/secrets/kafka-sasl/password
 {{- end }}
-{{- if .Values.kafka.tls.existingSecret }}
+{{- if $v.kafka.tls.existingSecret }}
+{{- if not (has $v.kafka.securityProtocol (list "SSL" "SASL_SSL")) }}
+{{- fail "kafka.tls.existingSecret needs kafka.securityProtocol SSL or SASL_SSL" }}
+{{- end }}
 - name: NEXTBEST_KAFKA_SSL_CAFILE
-  value: /etc/nextbest/kafka-tls/{{ .Values.kafka.tls.caKey }}
-{{- if .Values.kafka.tls.certKey }}
+  value: /etc/nextbest/kafka-tls/{{ $v.kafka.tls.caKey }}
+{{- if $v.kafka.tls.certKey }}
 - name: NEXTBEST_KAFKA_SSL_CERTFILE
-  value: /etc/nextbest/kafka-tls/{{ .Values.kafka.tls.certKey }}
+  value: /etc/nextbest/kafka-tls/{{ $v.kafka.tls.certKey }}
 - name: NEXTBEST_KAFKA_SSL_KEYFILE
-  value: /etc/nextbest/kafka-tls/{{ .Values.kafka.tls.keyKey }}
+  value: /etc/nextbest/kafka-tls/{{ required "kafka.tls.keyKey is required with kafka.tls.certKey" $v.kafka.tls.keyKey }}
+{{- if $v.kafka.tls.keyPasswordKey }}
+- name: NEXTBEST_KAFKA_SSL_KEY_PASSWORD_FILE
+  value: /etc/nextbest/kafka-tls/{{ $v.kafka.tls.keyPasswordKey }}
 {{- end }}
 {{- end }}
-{{- if .Values.redis.existingSecret }}
-- name: NEXTBEST_REDIS_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.redis.existingSecret }}
-      key: {{ .Values.redis.urlKey }}
+{{- end }}
+{{- end }}
+{{- if $v.redis.existingSecret }}
+- name: NEXTBEST_REDIS_URL_FILE
+  value: /etc/nextbest/secrets/redis-url/url
 {{- else }}
 - name: NEXTBEST_REDIS_URL
-  value: {{ .Values.redis.url | quote }}
+  value: {{ $v.redis.url | quote }}
+{{- end }}
+{{- if $v.redis.tls.existingSecret }}
+{{- if and (not $v.redis.existingSecret) (not (hasPrefix "rediss://" $v.redis.url)) }}
+{{- fail "redis.tls.existingSecret needs a rediss:// redis.url" }}
+{{- end }}
+- name: NEXTBEST_REDIS_SSL_CA_CERTS
+  value: /etc/nextbest/redis-tls/{{ $v.redis.tls.caKey }}
+{{- end }}
+{{- $user := index $v.redis $component }}
+{{- if $user.username }}
+- name: NEXTBEST_REDIS_USERNAME
+  value: {{ $user.username | quote }}
+{{- end }}
+{{- if $user.existingSecret }}
+- name: NEXTBEST_REDIS_PASSWORD_FILE
+  value: /etc/nextbest/secrets/redis-password/password
+{{- end }}
+{{- if eq $component "api" }}
+{{- if $v.api.tokens.existingSecret }}
+- name: NEXTBEST_API_TOKENS_FILE
+  value: /etc/nextbest/secrets/api-tokens/tokens
+{{- end }}
+{{- if or $v.api.widgetTokens.publicKeys $v.api.widgetTokens.existingSecret }}
+- name: NEXTBEST_WIDGET_TOKEN_PUBLIC_KEY_FILE
+  value: /etc/nextbest/widget-tokens/public-keys.pem
+- name: NEXTBEST_WIDGET_TOKEN_AUDIENCE
+  value: {{ $v.api.widgetTokens.audience | quote }}
+- name: NEXTBEST_WIDGET_TOKEN_MAX_TTL
+  value: {{ $v.api.widgetTokens.maxTtl | quote }}
+{{- end }}
 {{- end }}
 - name: NEXTBEST_TOPIC_PARTITIONS
-  value: {{ .Values.topicPartitions | quote }}
-{{- if .Values.rules }}
+  value: {{ $v.topicPartitions | quote }}
+{{- if and $v.rules (eq $component "worker") }}
 - name: NEXTBEST_RULES
   value: /etc/nextbest/rules/rules.toml
 {{- end }}
-{{- range $name, $value := .Values.settings }}
+{{- range $name, $value := $v.settings }}
 - name: NEXTBEST_{{ $name | upper }}
   value: {{ $value | quote }}
 {{- end }}
 {{- end }}
 
-{{/* Read-only mounts both processes share: rules and Kafka TLS material. */}}
+{{/* Read-only mounts of one component: include "nextbest.configMounts" (list . "worker"|"api") */}}
 {{- define "nextbest.configMounts" -}}
+{{- $root := index . 0 }}
+{{- $component := index . 1 }}
+{{- $v := $root.Values }}
 - name: tmp
   mountPath: /tmp
-{{- if .Values.rules }}
+{{- if and $v.rules (eq $component "worker") }}
 - name: rules
   mountPath: /etc/nextbest/rules
   readOnly: true
 {{- end }}
-{{- if .Values.kafka.tls.existingSecret }}
+{{- if eq $component "worker" }}
+{{- if hasPrefix "SASL" $v.kafka.securityProtocol }}
+- name: kafka-sasl
+  mountPath: /etc/nextbest/secrets/kafka-sasl
+  readOnly: true
+{{- end }}
+{{- if $v.kafka.tls.existingSecret }}
 - name: kafka-tls
   mountPath: /etc/nextbest/kafka-tls
   readOnly: true
 {{- end }}
 {{- end }}
+{{- if $v.redis.existingSecret }}
+- name: redis-url
+  mountPath: /etc/nextbest/secrets/redis-url
+  readOnly: true
+{{- end }}
+{{- if $v.redis.tls.existingSecret }}
+- name: redis-tls
+  mountPath: /etc/nextbest/redis-tls
+  readOnly: true
+{{- end }}
+{{- if (index $v.redis $component).existingSecret }}
+- name: redis-password
+  mountPath: /etc/nextbest/secrets/redis-password
+  readOnly: true
+{{- end }}
+{{- if eq $component "api" }}
+{{- if $v.api.tokens.existingSecret }}
+- name: api-tokens
+  mountPath: /etc/nextbest/secrets/api-tokens
+  readOnly: true
+{{- end }}
+{{- if or $v.api.widgetTokens.publicKeys $v.api.widgetTokens.existingSecret }}
+- name: widget-tokens
+  mountPath: /etc/nextbest/widget-tokens
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A Secret's one key as a file, readable by the pod's group only. */}}
+{{- define "nextbest.secretVolume" -}}
+{{- $name := index . 0 }}
+{{- $secret := index . 1 }}
+{{- $key := index . 2 }}
+{{- $path := index . 3 }}
+- name: {{ $name }}
+  secret:
+    secretName: {{ $secret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $key }}
+        path: {{ $path }}
+{{- end }}
 
 {{- define "nextbest.configVolumes" -}}
+{{- $root := index . 0 }}
+{{- $component := index . 1 }}
+{{- $v := $root.Values }}
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
-{{- if .Values.rules }}
+{{- if and $v.rules (eq $component "worker") }}
 - name: rules
   configMap:
-    name: {{ include "nextbest.fullname" . }}-rules
+    name: {{ include "nextbest.fullname" $root }}-rules
 {{- end }}
-{{- if .Values.kafka.tls.existingSecret }}
+{{- if eq $component "worker" }}
+{{- if hasPrefix "SASL" $v.kafka.securityProtocol }}
+{{ include "nextbest.secretVolume" (list "kafka-sasl" $v.kafka.sasl.existingSecret $v.kafka.sasl.passwordKey "password") }}
+{{- end }}
+{{- if $v.kafka.tls.existingSecret }}
 - name: kafka-tls
   secret:
-    secretName: {{ .Values.kafka.tls.existingSecret }}
+    secretName: {{ $v.kafka.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+{{- if $v.redis.existingSecret }}
+{{ include "nextbest.secretVolume" (list "redis-url" $v.redis.existingSecret $v.redis.urlKey "url") }}
+{{- end }}
+{{- if $v.redis.tls.existingSecret }}
+{{ include "nextbest.secretVolume" (list "redis-tls" $v.redis.tls.existingSecret $v.redis.tls.caKey $v.redis.tls.caKey) }}
+{{- end }}
+{{- $user := index $v.redis $component }}
+{{- if $user.existingSecret }}
+{{ include "nextbest.secretVolume" (list "redis-password" $user.existingSecret $user.passwordKey "password") }}
+{{- end }}
+{{- if eq $component "api" }}
+{{- if $v.api.tokens.existingSecret }}
+{{ include "nextbest.secretVolume" (list "api-tokens" $v.api.tokens.existingSecret $v.api.tokens.key "tokens") }}
+{{- end }}
+{{- if $v.api.widgetTokens.existingSecret }}
+{{ include "nextbest.secretVolume" (list "widget-tokens" $v.api.widgetTokens.existingSecret $v.api.widgetTokens.key "public-keys.pem") }}
+{{- else if $v.api.widgetTokens.publicKeys }}
+- name: widget-tokens
+  configMap:
+    name: {{ include "nextbest.fullname" $root }}-widget-keys
+{{- end }}
 {{- end }}
 {{- end }}
 
-{{/* Rolls pods when the rules change. */}}
+{{/* Rolls pods when the rules, the settings or the widget-token public keys change. */}}
 {{- define "nextbest.configChecksum" -}}
-checksum/config: {{ printf "%s|%s" .Values.rules (toJson .Values.settings) | sha256sum }}
+checksum/config: {{ printf "%s|%s|%s" .Values.rules (toJson .Values.settings) .Values.api.widgetTokens.publicKeys | sha256sum }}
 {{- end }}

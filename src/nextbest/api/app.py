@@ -8,14 +8,21 @@ Routes (see ``openapi.json`` beside this file, served at ``/openapi.json``)::
     GET /asyncapi.json  /schemas/{name}     the Kafka interface and its JSON Schemas, no token
     GET /widget                             a reference live-context panel
 
-When tokens are configured, ``/v1`` needs ``Authorization: Bearer <token>``
-(compared in constant time). Errors are ``{"error": code, "message": text}``.
-Requests over the size limit get 413; clients over their rate get 429.
+When tokens are configured, ``/v1`` needs ``Authorization: Bearer <token>``:
+a service token (``NEXTBEST_API_TOKENS``, compared in constant time) opens
+every customer; a widget token (a JWT, :mod:`nextbest.api.widget_tokens`)
+opens the customer it names only — another customer is 403, an expired or
+badly signed token 401, each counted by reason in
+``nextbest_api_widget_tokens_refused_total`` — and a stream opened with one
+ends (``event: expired``) when it expires. Errors are
+``{"error": code, "message": text}``. Requests over the size limit get 413;
+clients over their rate get 429.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import math
 import time
@@ -37,9 +44,13 @@ from prometheus_client import (
 from nextbest import schemas
 from nextbest.api.contexts import ContextSource
 from nextbest.api.limits import RateLimiter
+from nextbest.api.widget_tokens import Grant, TokenRefused, WidgetTokens, looks_like_a_jwt
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CUSTOMER_ID_MAX = 128
+GRANT = web.RequestKey("grant", Grant)  # on a request authorized by a widget token
+# refusal reasons declared at start, so that rate() has a series before the first one
+REFUSAL_REASONS = ("expired", "invalid_signature", "unknown_key", "malformed", "wrong_customer")
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class ApiConfig:
     rate_burst: int = 40
     max_request_bytes: int = 16384
     keepalive: float = 15.0
+    widget_tokens: WidgetTokens | None = None
 
 
 class ApiMetrics:
@@ -74,6 +86,21 @@ class ApiMetrics:
             "Context documents pushed to open streams.",
             registry=registry,
         )
+        self.widget_tokens_accepted = Counter(
+            "nextbest_api_widget_tokens_accepted",
+            "Requests a widget token was accepted for.",
+            registry=registry,
+        )
+        self.widget_tokens_refused = Counter(
+            "nextbest_api_widget_tokens_refused",
+            "Requests refused for their widget token: 401 (expired, invalid_signature, "
+            "unknown_key, malformed, ...) or 403 (wrong_customer, type_lookup). The reason "
+            "only: never the customer.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in REFUSAL_REASONS:
+            self.widget_tokens_refused.labels(reason)
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -118,6 +145,7 @@ class ContextApi:
         self._clock = clock
         self._limiter = RateLimiter(config.rate_limit, config.rate_burst)
         self._tokens = [t.encode() for t in config.tokens]
+        self._widgets = config.widget_tokens
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -163,15 +191,34 @@ class ContextApi:
             )
         if not request.path.startswith("/v1/"):
             return await handler(request)
-        token = self._token(request)
-        if self._tokens and token is None:
+        presented = self._presented(request)
+        token = self._token(presented)
+        client = f"token:{self._tokens.index(token)}" if token else f"ip:{request.remote}"
+        if token is None and self._widgets is not None and looks_like_a_jwt(presented):
+            try:
+                grant = self._widgets.verify(presented)
+            except TokenRefused as refusal:
+                self._metrics.widget_tokens_refused.labels(refusal.reason).inc()
+                return _error(
+                    401,
+                    "invalid_token",
+                    str(refusal),
+                    **{"WWW-Authenticate": 'Bearer realm="nextbest", error="invalid_token"'},
+                )
+            refused = self._out_of_scope(request, grant)
+            if refused is not None:
+                return refused
+            self._metrics.widget_tokens_accepted.inc()
+            request[GRANT] = grant
+            # the limiter's key, in memory only: a widget's customer, hashed
+            client = "widget:" + hashlib.sha256(grant.customer_id.encode()).hexdigest()[:16]
+        elif token is None and (self._tokens or self._widgets is not None):
             return _error(
                 401,
                 "unauthorized",
                 "this route needs 'Authorization: Bearer <token>'",
                 **{"WWW-Authenticate": 'Bearer realm="nextbest"'},
             )
-        client = f"token:{self._tokens.index(token)}" if token else f"ip:{request.remote}"
         wait = self._limiter.allow(client, self._clock())
         if wait > 0:
             return _error(
@@ -182,13 +229,41 @@ class ContextApi:
             )
         return await handler(request)
 
-    def _token(self, request: web.Request) -> bytes | None:
-        """The configured token the request presents, compared in constant time."""
+    def _out_of_scope(self, request: web.Request, grant: Grant) -> web.Response | None:
+        """403 when a widget token asks for anything but its own customer's context.
+
+        ``?type=`` (contract §10) finds a profile by another identifier, which
+        only the identity lookup can map to a profile id; until the API resolves
+        it and compares the resolved id with the token's, widget tokens may not
+        use it.
+        """
+        reason = None
+        if "type" in request.query and request.query["type"] != "customer":
+            reason = "type_lookup"
+        elif request.match_info.get("customer_id") != grant.customer_id:
+            reason = "wrong_customer"
+        if reason is None:
+            return None
+        self._metrics.widget_tokens_refused.labels(reason).inc()
+        message = (
+            "a widget token may look up its customer by customer id only"
+            if reason == "type_lookup"
+            else "this widget token is for another customer's context"
+        )
+        return _error(403, "forbidden", message)
+
+    @staticmethod
+    def _presented(request: web.Request) -> str:
+        """The bearer token of the request, or ''."""
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
+        return presented.strip() if scheme.lower() == "bearer" else ""
+
+    def _token(self, presented: str) -> bytes | None:
+        """The configured service token ``presented`` is, compared in constant time."""
+        if not presented:
             return None
-        candidate = presented.strip().encode()
+        candidate = presented.encode()
         found = None
         for token in self._tokens:  # compare with every token: no early exit
             if hmac.compare_digest(candidate, token):
@@ -218,6 +293,7 @@ class ContextApi:
                 "X-Accel-Buffering": "no",
             }
         )
+        grant = request.get(GRANT)
         async with self._contexts.watch(customer_id) as updates:
             # subscribed first, read second: no change can fall between the two
             current = await self._contexts.get(customer_id)
@@ -229,8 +305,15 @@ class ContextApi:
                     last = _version(current)
                     await self._send(response, current, last)
                 while True:
+                    wait = self._config.keepalive
+                    if grant is not None and self._widgets is not None:
+                        left = self._widgets.remaining(grant)
+                        if left <= 0:  # the stream never outlives its widget token
+                            await response.write(b"event: expired\ndata: {}\n\n")
+                            break
+                        wait = min(wait, left)
                     try:
-                        document = await asyncio.wait_for(updates.get(), self._config.keepalive)
+                        document = await asyncio.wait_for(updates.get(), wait)
                     except TimeoutError:
                         await response.write(b": keep-alive\n\n")
                         continue

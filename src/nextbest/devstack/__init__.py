@@ -7,6 +7,13 @@ started (by pid file, checked against the process's command line). State lives
 under ``$NEXTBEST_DEV_DIR`` (default ``./.dev``); ports come from
 ``NEXTBEST_DEV_KAFKA_PORT`` (9092), ``NEXTBEST_DEV_CONTROLLER_PORT`` (9093) and
 ``NEXTBEST_DEV_REDIS_PORT`` (6379).
+
+With ``--secure`` (``stack(secure=True)``) the same commands run the secured
+stack of :mod:`nextbest.devstack.secure` under ``<dev dir>/secure``, on
+``NEXTBEST_DEV_SECURE_KAFKA_PORT`` (9192, SASL_SSL),
+``NEXTBEST_DEV_SECURE_MTLS_PORT`` (9194, mutual TLS),
+``NEXTBEST_DEV_SECURE_CONTROLLER_PORT`` (9193) and
+``NEXTBEST_DEV_SECURE_REDIS_PORT`` (6479, TLS): it runs beside the plain one.
 """
 
 from __future__ import annotations
@@ -19,8 +26,20 @@ from pathlib import Path
 from nextbest.devstack.kafka import Kafka
 from nextbest.devstack.processes import DevStackError, exclusive, say
 from nextbest.devstack.redis import Redis
+from nextbest.devstack.secure import Material, SecureKafka, SecureRedis, write_env_files
 
-__all__ = ["DevStack", "DevStackError", "Endpoints", "down", "run", "stack", "status", "up"]
+__all__ = [
+    "DevStack",
+    "DevStackError",
+    "Endpoints",
+    "SecureDevStack",
+    "down",
+    "run",
+    "secure_stack",
+    "stack",
+    "status",
+    "up",
+]
 
 SERVICES = ("kafka", "redis")
 
@@ -71,6 +90,34 @@ class DevStack:
         return kafka and redis
 
 
+@dataclass(frozen=True)
+class SecureDevStack(DevStack):
+    """The secured stack: certificates first, settings files for each role after."""
+
+    kafka: SecureKafka
+    redis: SecureRedis
+
+    @property
+    def material(self) -> Material:
+        return self.kafka.material
+
+    def up(self) -> Endpoints:
+        with exclusive(self.root / "lock"):
+            # a new CA only while neither server runs: a running one keeps its certificate
+            stopped = self.kafka.service.pid() is None and self.redis.service.pid() is None
+            if stopped or not self.material.complete():
+                self.kafka.check_ports()
+                self.redis.check_ports()
+                self.material.make()
+        endpoints = super().up()
+        write_env_files(self.kafka, self.redis)
+        say(
+            f"settings for each role (secrets as *_FILE): {self.material.root}/"
+            "{worker,api,admin,limited,mtls}.env (`set -a; . <file>; set +a`)"
+        )
+        return endpoints
+
+
 def _port(name: str, default: int) -> int:
     value = os.environ.get(name) or str(default)
     if not value.isdigit() or not 0 < int(value) < 65536:
@@ -78,9 +125,32 @@ def _port(name: str, default: int) -> int:
     return int(value)
 
 
-def stack() -> DevStack:
-    """The dev stack as the environment configures it."""
-    root = Path(os.environ.get("NEXTBEST_DEV_DIR") or Path.cwd() / ".dev").absolute()
+def _dev_dir() -> Path:
+    return Path(os.environ.get("NEXTBEST_DEV_DIR") or Path.cwd() / ".dev").absolute()
+
+
+def secure_stack() -> SecureDevStack:
+    """The secured dev stack as the environment configures it."""
+    root = _dev_dir() / "secure"
+    material = Material(root)
+    return SecureDevStack(
+        root,
+        SecureKafka(
+            root,
+            _port("NEXTBEST_DEV_SECURE_KAFKA_PORT", 9192),
+            _port("NEXTBEST_DEV_SECURE_CONTROLLER_PORT", 9193),
+            _port("NEXTBEST_DEV_SECURE_MTLS_PORT", 9194),
+            material,
+        ),
+        SecureRedis(root, _port("NEXTBEST_DEV_SECURE_REDIS_PORT", 6479), material),
+    )
+
+
+def stack(*, secure: bool = False) -> DevStack:
+    """The dev stack (or with ``secure`` the secured one) as the environment configures it."""
+    if secure:
+        return secure_stack()
+    root = _dev_dir()
     return DevStack(
         root,
         Kafka(
@@ -92,32 +162,32 @@ def stack() -> DevStack:
     )
 
 
-def up() -> Endpoints:
+def up(*, secure: bool = False) -> Endpoints:
     """Start whatever of Kafka and Redis is not running; raise :class:`DevStackError`."""
-    return stack().up()
+    return stack(secure=secure).up()
 
 
-def down(only: Collection[str] = SERVICES) -> None:
+def down(only: Collection[str] = SERVICES, *, secure: bool = False) -> None:
     """Stop the named services (default both), if ``up`` started them."""
-    stack().down(only)
+    stack(secure=secure).down(only)
 
 
-def status() -> bool:
+def status(*, secure: bool = False) -> bool:
     """Print each service's state; True when both run."""
-    return stack().status()
+    return stack(secure=secure).status()
 
 
-def run(action: str) -> int:
-    """``nextbest dev up|down|status``: 0 done, 1 failed, 3 (status) not both running."""
+def run(action: str, *, secure: bool = False) -> int:
+    """``nextbest dev up|down|status [--secure]``: 0 done, 1 failed, 3 (status) not both running."""
     try:
         if action == "up":
-            up()
+            up(secure=secure)
             return 0
         if action == "down":
-            down()
+            down(secure=secure)
             return 0
         if action == "status":
-            return 0 if status() else 3
+            return 0 if status(secure=secure) else 3
         raise DevStackError(f"unknown action {action!r} (up, down, status)")
     except DevStackError as error:
         say(f"error: {error}")

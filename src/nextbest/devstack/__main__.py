@@ -21,10 +21,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("action", choices=("up", "down", "status"))
     parser.add_argument("--record", type=Path, help="up: write the services it started here")
     parser.add_argument("--recorded", type=Path, help="down: stop only those named in this file")
+    parser.add_argument("--secure", action="store_true", help="the secured stack (TLS, SASL, ACLs)")
     args = parser.parse_args(argv)
     if args.action == "up" and args.record:
         try:
-            started = up().started
+            started = up(secure=args.secure).started
         except DevStackError as error:
             say(f"error: {error}")
             return 1
@@ -40,13 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             say("nothing to stop (this run started nothing)")
             return 0
         try:
-            down(only)
+            down(only, secure=args.secure)
         except DevStackError as error:
             say(f"error: {error}")
             return 1
         args.recorded.unlink(missing_ok=True)
         return 0
-    return run(args.action)
+    return run(args.action, secure=args.secure)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -20,10 +22,15 @@ JOURNEY: tuple[tuple[str, str, dict[str, object]], ...] = (
 )
 
 
-async def send_journey(bootstrap: str, customer: str | None = None) -> str:
-    """Walk one demo customer across web, mobile and the contact center."""
+async def send_journey(
+    bootstrap: str, customer: str | None = None, client_options: Mapping[str, Any] | None = None
+) -> str:
+    """Walk one demo customer across web, mobile and the contact center.
+
+    ``client_options``: TLS/SASL, from ``nextbest.adapters.clients.kafka_client_options``.
+    """
     customer = customer or f"demo-{uuid.uuid4().hex[:6]}"
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **(client_options or {}))
     await producer.start()
     try:
         for channel, kind, data in JOURNEY:
@@ -45,13 +52,16 @@ async def send_journey(bootstrap: str, customer: str | None = None) -> str:
     return customer
 
 
-async def tail_triggers(bootstrap: str, channels: tuple[str, ...]) -> None:
+async def tail_triggers(
+    bootstrap: str, channels: tuple[str, ...], client_options: Mapping[str, Any] | None = None
+) -> None:
     """Print every trigger as it arrives, one line each, until cancelled."""
     consumer = AIOKafkaConsumer(
         *(f"triggers.{c}" for c in channels),
         bootstrap_servers=bootstrap,
         group_id=None,
         auto_offset_reset="latest",
+        **(client_options or {}),
     )
     await consumer.start()
     try:
@@ -67,8 +77,13 @@ async def tail_triggers(bootstrap: str, channels: tuple[str, ...]) -> None:
         await consumer.stop()
 
 
-async def show(bootstrap: str, channels: tuple[str, ...], customer: str | None = None) -> None:
-    tail = asyncio.create_task(tail_triggers(bootstrap, channels))
+async def show(
+    bootstrap: str,
+    channels: tuple[str, ...],
+    customer: str | None = None,
+    client_options: Mapping[str, Any] | None = None,
+) -> None:
+    tail = asyncio.create_task(tail_triggers(bootstrap, channels, client_options))
     await asyncio.sleep(2.0)
-    await send_journey(bootstrap, customer)
+    await send_journey(bootstrap, customer, client_options)
     await tail

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from nextbest.devstack.probes import kafka_problem
 from nextbest.devstack.processes import (
@@ -94,6 +95,14 @@ def fetch_jars() -> Path:
     return libs
 
 
+def write_config(path: Path, text: str) -> None:
+    """Write a server's configuration readable by this user only: it may hold passwords."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
 def _complete(libs: Path, marker: Path) -> bool:
     try:
         version, count = [*marker.read_text().split(), "1"][:2]
@@ -143,7 +152,8 @@ class Kafka:
         for folder in ("data", "logs", "tmp"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         config = self.root / "server.properties"
-        config.write_text(server_properties(self.root / "data", self.port, self.controller_port))
+        self.prepare()
+        write_config(config, self.properties())
         log4j = self.root / "log4j.properties"
         log4j.write_text(_packaged("log4j.properties"))
         classpath = f"{libs}/*"
@@ -160,13 +170,37 @@ class Kafka:
             process,
             lambda: (
                 _count_started(self.server_log) > started_before
-                and kafka_problem(self.bootstrap, within=3) is None
+                and kafka_problem(self.bootstrap, within=3, **self.client_options()) is None
             ),
             within=READY_WITHIN,
             what=f"ready ('{STARTED}' logged and a metadata request answered)",
         )
+        try:
+            self.after_start()
+        except BaseException:
+            self.service.stop(within=15)
+            raise
         say(f"Kafka {KAFKA_VERSION} ready at {self.bootstrap} (pid {process.pid})")
         return True
+
+    # --- what a differently configured broker changes (see devstack.secure) ---------
+
+    def prepare(self) -> None:
+        """Before the configuration is written: make what it refers to."""
+
+    def properties(self) -> str:
+        return server_properties(self.root / "data", self.port, self.controller_port)
+
+    def format_arguments(self) -> list[str]:
+        """Extra ``kafka-storage format`` arguments (used only on a fresh data dir)."""
+        return []
+
+    def client_options(self) -> dict[str, Any]:
+        """aiokafka options a client needs to talk to this broker (the readiness probe)."""
+        return {}
+
+    def after_start(self) -> None:
+        """Once the broker answers: anything it needs before clients use it."""
 
     def check_ports(self) -> None:
         """Raise when ours is not running and another process holds one of our ports."""
@@ -187,8 +221,9 @@ class Kafka:
             java,
             classpath,
             logging,
-            ["format", "-t", cluster.read_text().strip(), "-c", str(config), "-g"],
-        )
+            ["format", "-t", cluster.read_text().strip(), "-c", str(config), "-g",
+             *self.format_arguments()],
+        )  # fmt: skip
 
     def down(self) -> bool:
         """Stop the broker if ours runs; True when it was running."""

@@ -38,15 +38,18 @@ class Redis:
         server = require("redis-server", "redis-server")
         self.root.mkdir(parents=True, exist_ok=True)
         say(f"starting Redis on {self.url} (log: {self.service.log_file})")
-        process = self.service.start(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--dir", str(self.root)]
-        )  # fmt: skip
-        self.service.wait_until(
-            process, lambda: redis_pings(self.port), within=READY_WITHIN, what="answering PING"
-        )
+        process = self.service.start([server, *self.arguments()])
+        self.service.wait_until(process, self.answers, within=READY_WITHIN, what="answering PING")
         say(f"Redis ready at {self.url} (pid {process.pid})")
         return True
+
+    def arguments(self) -> list[str]:
+        """redis-server's command line after the program."""
+        return ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--daemonize", "no", "--dir", str(self.root)]  # fmt: skip
+
+    def answers(self) -> bool:
+        return redis_pings(self.port)
 
     def check_ports(self) -> None:
         """Raise when ours is not running and another process holds our port."""

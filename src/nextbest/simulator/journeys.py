@@ -12,6 +12,7 @@ Pure: no I/O and no clock; times are offsets in seconds from the run's start.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,12 +79,54 @@ class Journeys:
         return self._random.choices(self._customers, cum_weights=self._cumulative)[0]
 
     def events(self, rate: float) -> Iterator[SimulatedEvent]:
-        """Events in time order at ``rate`` per second on average, forever."""
+        """Events in time order at ``rate`` per second on average, forever.
+
+        A session's events follow each other closely (the stream's own pace):
+        what a benchmark wants. :meth:`paced` spaces them as people do.
+        """
         clock = 0.0
         while True:
             for channel, customer, kind, data in self._session():
                 clock += self._random.expovariate(rate)
                 yield self._event(channel, customer, kind, data, clock)
+
+    def paced(
+        self, rate: float, think: tuple[float, float] = (1.0, 6.0)
+    ) -> Iterator[SimulatedEvent]:
+        """Events in time order at ``rate`` per second on average, forever, each
+        customer's own events ``think`` seconds apart (uniformly drawn), as people's
+        are: many sessions go on at once, and a customer has one at a time."""
+        low, high = think
+        if not 0 < low <= high:
+            raise ValueError("think times must be positive, low <= high")
+        r = self._random
+        concurrent = max(1, round(rate * (low + high) / 2))
+        heap: list[tuple[float, int, str, Iterator[tuple[str, str, str, dict[str, Any]]]]] = []
+        active: set[str] = set()
+        clock = 0.0
+        started = 0
+        while True:
+            while len(heap) < concurrent:
+                customer = self.customer()
+                for _ in range(10):  # a customer has one session at a time
+                    if customer not in active:
+                        break
+                    customer = self.customer()
+                else:
+                    break
+                active.add(customer)
+                started += 1
+                first = clock + r.uniform(0, high)  # staggered: no stampede at the start
+                heapq.heappush(heap, (first, started, customer, self._session(customer)))
+            at, order, customer, steps = heapq.heappop(heap)
+            clock = at  # for a finished session: when it ended (no new one starts before)
+            step = next(steps, None)
+            if step is None:
+                active.discard(customer)
+                continue
+            channel, _, kind, data = step
+            yield self._event(channel, customer, kind, data, at)
+            heapq.heappush(heap, (at + r.uniform(low, high), order, customer, steps))
 
     def _event(
         self, channel: str, customer: str, kind: str, data: dict[str, Any], at: float
@@ -105,10 +148,12 @@ class Journeys:
         available = [c for c in options if c in self._channels]
         return self._random.choice(available or list(self._channels))
 
-    def _session(self) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    def _session(
+        self, customer: str | None = None
+    ) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
         """One customer's visit, hops between channels included."""
         r = self._random
-        customer = self.customer()
+        customer = customer or self.customer()
         channel = self._pick("web", "mobile", "web", "mobile", "email", "social")
         if channel == "email":
             yield channel, customer, "email.clicked", {"campaign": r.choice(("spring", "vip"))}

@@ -38,7 +38,7 @@ class Unreachable(Exception):
 
 
 def _options(settings: Settings) -> dict[str, Any]:
-    from nextbest.bootstrap import kafka_client_options  # faust is a heavy import
+    from nextbest.adapters.clients import kafka_client_options
 
     return {
         "bootstrap_servers": settings.kafka_bootstrap,

@@ -27,7 +27,7 @@ class NotFound(Exception):
 
 async def fetch(settings: Settings, customer: str, identity_type: str | None = None) -> bytes:
     """The context document's bytes; raises :class:`NotFound` or ``RedisError``."""
-    from nextbest.bootstrap import redis_client  # faust is a heavy import
+    from nextbest.adapters.clients import redis_client
 
     client = redis_client(settings)
     try:
