@@ -31,6 +31,7 @@ from nextbest.adapters.clients import (
     redis_client,
 )
 from nextbest.adapters.consumer import use_batch_consumer
+from nextbest.adapters.identity import IdentityConfig
 from nextbest.adapters.pages import add_pages
 from nextbest.adapters.projection import RedisMirror
 from nextbest.adapters.services import (
@@ -93,11 +94,30 @@ def engine_config(settings: Settings) -> EngineConfig:
         reorder_window=settings.reorder_window,
         reorder_max_events=settings.reorder_max_events,
         reorder_max_bytes=settings.reorder_max_bytes,
+        subject_types=settings.identity_types,
+    )
+
+
+def identity_config(settings: Settings) -> IdentityConfig:
+    secret = settings.erasure_secret
+    return IdentityConfig(
+        types=settings.identity_types,
+        max_per_type=settings.identity_max_per_type,
+        suppress=settings.erasure_suppress,
+        # the keyed hash of erased identifiers: the app id when no secret is set
+        secret=(secret.get_secret_value() if secret else settings.app_id).encode(),
+        partitions=settings.topic_partitions,
     )
 
 
 def topic_names(settings: Settings) -> TopicNames:
-    return TopicNames(settings.app_id, settings.channels)
+    return TopicNames(
+        settings.app_id,
+        settings.channels,
+        compaction_lag=settings.changelog_compaction_lag,
+        tombstone_retention=settings.changelog_tombstone_retention,
+        rekey_retention=settings.rekey_retention,
+    )
 
 
 async def ensure_topics(settings: Settings) -> None:
@@ -205,6 +225,7 @@ def build_worker(settings: Settings) -> Worker:
         partitions=partitions,
         clock=_clock,
         cache=StateCache(settings.state_cache_size),
+        identity=identity_config(settings),
     )
     sink.topics, sink.clocks, sink.handler = handler.topics, handler.clocks, handler
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from nextbest.core.envelope import Reason
+from nextbest.core.links import Refusal, Result
 from nextbest.core.rules import Suppression
 
 LATENESS_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
@@ -122,6 +123,46 @@ class Metrics:
             "Customer partitions this worker owns now.",
             registry=registry,
         )
+        # contract v0.2 (§10, §11)
+        self.identity_links = Counter(
+            "nextbest_identity_links",
+            "Identifiers named by identity.linked events, by what became of them:"
+            " linked, moved (a soft identifier following a newer login), unchanged, refused.",
+            ["result"],
+            registry=registry,
+        )
+        self.identity_refused = Counter(
+            "nextbest_identity_links_refused",
+            "Identifiers identity.linked could not link, by reason: unique, limit, blocked,"
+            " erased, type.",
+            ["reason"],
+            registry=registry,
+        )
+        self.identity_operations = Counter(
+            "nextbest_identity_operations",
+            "Identity operations the coordinator started, by kind: link, unlink, erase.",
+            ["kind"],
+            registry=registry,
+        )
+        self.identity_waiting = Gauge(
+            "nextbest_identity_operations_waiting",
+            "Identity operations waiting for a profile that another one is changing"
+            " (on the worker that owns the coordinator's partition).",
+            registry=registry,
+        )
+        self.suppressed_events = Counter(
+            "nextbest_events_suppressed",
+            "Events dropped without being applied or dead-lettered, by reason: erased (an"
+            " identifier of an erased person, within NEXTBEST_ERASURE_SUPPRESS), unroutable"
+            " (its profile was not found after several hops).",
+            ["reason"],
+            registry=registry,
+        )
+        self.routed = Counter(
+            "nextbest_events_routed",
+            "Events of a non-customer identifier sent on to the partition of its profile.",
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "nextbest_consumer_lag",
             "Records between the committed offset and the end of each assigned partition.",
@@ -141,3 +182,11 @@ class Metrics:
         for action in actions:
             for suppression in Suppression:
                 self.suppressed.labels(action, suppression.value)
+        for result in Result:
+            self.identity_links.labels(result.value)
+        for refusal in Refusal:
+            self.identity_refused.labels(refusal.value)
+        for kind in ("link", "unlink", "erase"):
+            self.identity_operations.labels(kind)
+        for why in ("erased", "unroutable"):
+            self.suppressed_events.labels(why)

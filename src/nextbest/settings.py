@@ -31,7 +31,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nextbest.core.duration import parse_duration
-from nextbest.core.envelope import DEFAULT_CHANNELS
+from nextbest.core.envelope import DEFAULT_CHANNELS, TYPE_NAME
+from nextbest.core.identity import DEFAULT_TYPES
 
 ENV_PREFIX = "NEXTBEST_"
 # Settings holding a secret: each may come from the file NEXTBEST_<NAME>_FILE names.
@@ -41,6 +42,7 @@ SECRET_SETTINGS = (
     "redis_url",
     "redis_password",
     "api_tokens",
+    "erasure_secret",
 )
 SECRET_FILE_MAX_BYTES = 65536
 
@@ -165,6 +167,26 @@ class Settings(BaseSettings):
     reorder_max_events: Annotated[int, Field(ge=1, le=1000)] = 50
     reorder_max_bytes: Annotated[int, Field(ge=1024, le=1_048_576)] = 16384
 
+    # contract v0.2 §10: the kinds of identifier subjecttype may name (customer always),
+    # and how many of one kind a profile may hold
+    identity_types: Csv = DEFAULT_TYPES
+    identity_max_per_type: Annotated[int, Field(ge=1, le=100)] = 5
+    # §11: how long an erased person's identifiers stay suppressed, and the key of the
+    # keyed hash (HMAC-SHA-256) that is all the engine keeps of them; without it the
+    # app id is the key, which anyone who knows it can test guessed identifiers against
+    erasure_suppress: Duration = timedelta(days=30)
+    erasure_secret: SecretStr | None = Field(default=None, repr=False)
+    erasure_secret_file: Path | None = None
+    # How long a superseded or erased state may stay in the changelog before the
+    # broker compacts it away (segment.ms and max.compaction.lag.ms of the changelog),
+    # and how long a tombstone stays after that (delete.retention.ms). The README
+    # states the bound this gives.
+    changelog_compaction_lag: Duration = timedelta(hours=12)
+    changelog_tombstone_retention: Duration = timedelta(days=1)
+    # retention.ms of <app id>-rekey, which carries forwarded events and, while two
+    # profiles merge, their states: long enough to outlast an outage of every worker
+    rekey_retention: Duration = timedelta(days=7)
+
     # Kafka security (contract §9), for every client: faust's consumer, producer
     # and admin, the start-up checks, the simulator, the demo, the benchmarks.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -191,6 +213,18 @@ class Settings(BaseSettings):
     widget_token_audience: Annotated[str, Field(min_length=1, max_length=200)] = "nextbest"  # noqa: S105 - a name, not a secret
     widget_token_max_ttl: Duration = timedelta(hours=1)
 
+    @field_validator("identity_types")
+    @classmethod
+    def _identity_types_are_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not TYPE_NAME.match(name):
+                raise ValueError(f"{name!r} is not a type name (a-z, 0-9, _ and -, at most 32)")
+        if "customer" not in value:
+            raise ValueError("must include customer (the type of a subject without subjecttype)")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a type twice")
+        return value
+
     @field_validator("channels")
     @classmethod
     def _channels_are_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -216,6 +250,10 @@ class Settings(BaseSettings):
         "reorder_window",
         "shutdown_timeout",
         "widget_token_max_ttl",
+        "erasure_suppress",
+        "changelog_compaction_lag",
+        "changelog_tombstone_retention",
+        "rekey_retention",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

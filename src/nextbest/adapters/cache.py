@@ -45,5 +45,9 @@ class StateCache:
         if len(self._states) > self.capacity:
             self._states.popitem(last=False)
 
+    def discard(self, key: bytes) -> None:
+        """Forget ``key`` (its state was deleted or moved)."""
+        self._states.pop(key, None)
+
     def clear(self) -> None:
         self._states.clear()

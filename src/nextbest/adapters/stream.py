@@ -25,6 +25,13 @@ Absence timers ride the same batches: each worker sends a tick to ``<app id>-tic
 for every partition it owns a few times a second; the tick, handled with that
 partition's events, fires what the :class:`~nextbest.core.schedule.DueIndex`
 says is due.
+
+Identities (contract v0.2) ride them too (:mod:`nextbest.adapters.identity`): a
+customer's plain event takes the path above, untouched; an event of another
+kind of identifier is looked up in the directory and may be sent on to its
+profile's partition; identity commands on the rekey topic are carried out after
+the batch's events, in offset order, and the events they were waiting for
+after them; all of it is written in the same single write.
 """
 
 from __future__ import annotations
@@ -34,10 +41,21 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 from nextbest.adapters.cache import StateCache
+from nextbest.adapters.coordinator import Coordinator
+from nextbest.adapters.identity import (
+    COORDINATOR,
+    OPERATIONS,
+    Desk,
+    IdentityConfig,
+    Work,
+    command_kind,
+)
 from nextbest.adapters.projection import RedisMirror
 from nextbest.adapters.table import ContextTable, Record, Sender
 from nextbest.adapters.topics import TopicNames, partition_for
@@ -45,6 +63,7 @@ from nextbest.core import state as states
 from nextbest.core import triggers as trigger_codec
 from nextbest.core.engine import Engine, Outcome
 from nextbest.core.envelope import Event, Reason, Rejected, parse
+from nextbest.core.identity import CUSTOMER
 from nextbest.core.schedule import DueIndex
 from nextbest.core.state import CustomerState
 from nextbest.failures import log_failure
@@ -119,6 +138,7 @@ class _Read:
 
     events: list[tuple[Event, _Source]] = field(default_factory=list)
     sends: list[Awaitable[Any]] = field(default_factory=list)  # dead letters, forwards
+    commands: list[tuple[Record, str]] = field(default_factory=list)  # identity protocol
     tick: bool = False
     skipped: int = 0
 
@@ -139,6 +159,7 @@ class EventHandler:
         partitions: int,
         clock: Clock,
         cache: StateCache | None = None,
+        identity: IdentityConfig | None = None,
     ) -> None:
         self._engine = engine
         self._table = table
@@ -154,6 +175,18 @@ class EventHandler:
         self._partitions = partitions
         self._clock = clock
         self._cache = cache if cache is not None else StateCache(0)
+        config = identity or IdentityConfig(
+            types=engine.config.subject_types,
+            max_per_type=5,
+            suppress=timedelta(days=30),
+            secret=names.app_id.encode(),
+            partitions=partitions,
+        )
+        self._desk = Desk(
+            engine=engine, table=table, producer=producer, names=names, metrics=metrics,
+            mirror=mirror, config=config,
+        )  # fmt: skip
+        self._coordinator = Coordinator(self._desk, metrics)
 
     # --- a batch ----------------------------------------------------------------------
 
@@ -167,6 +200,8 @@ class EventHandler:
         applied = self._table.applied(partition)
         next_applied = dict(applied)
         read = _Read()
+        changed: dict[str, CustomerState] = {}
+        work = Work(partition, now, changed, lambda key: self._one(partition, key))
         for tp, records in batch:
             topic = tp.topic
             start = applied.get(topic, 0)
@@ -176,18 +211,32 @@ class EventHandler:
                     continue
                 if topic == self._ticks:
                     read.tick = True
+                elif topic == self._rekey and (kind := command_kind(record)) is not None:
+                    read.commands.append((record, kind))
                 else:
-                    await self._read(record, partition, now, read)
+                    await self._read(record, partition, now, read, work)
             next_applied[topic] = max(start, records[-1].offset + 1)
         if read.skipped:
             self._metrics.skipped.inc(read.skipped)
+        self._desk.confirm(work)
         read.events.sort(key=lambda item: item[0].time)  # fewer late arrivals to place
-        loaded = self._load(partition, {event.subject for event, _ in read.events})
+        loaded = self._load(partition, {e.profile or e.subject for e, _ in read.events})
         unreadable = {subject for subject, state in loaded.items() if state is _UNREADABLE}
         if unreadable:
             read.events = await self._set_aside(read, unreadable)
-        batch_result = self._engine.process_batch(loaded, (e for e, _ in read.events), now)
-        changed = batch_result.states
+        kept = self._desk.admit(work, read.events, loaded)
+        batch_result = self._engine.process_batch(loaded, (e for e, _ in kept), now)
+        changed.update(batch_result.states)
+        outcomes = list(zip(kept, batch_result.outcomes, strict=True))
+        if read.commands:
+            await self._commands(work, read.commands)
+        if work.deferred:  # waited for this batch's commands
+            ready = await self._desk.settle(work)
+            if ready:
+                view = {k: work.state(k) for k in {e.profile or e.subject for e, _ in ready}}
+                more = self._engine.process_batch(view, (e for e, _ in ready), now)
+                changed.update(more.states)
+                outcomes += zip(ready, more.outcomes, strict=True)
         due: list[bytes] = []
         expired: list[Outcome] = []
         if read.tick:
@@ -195,19 +244,44 @@ class EventHandler:
             if watermark is not None and watermark < now.timestamp():
                 until = datetime.fromtimestamp(watermark, now.tzinfo)
             due = self._index.pop_due(partition, until)
+            entries = [key for key in due if key.startswith(b"\x00")]  # identity entries
+            if entries:
+                self._desk.expire(work, entries)
+                due = [key for key in due if not key.startswith(b"\x00")]
             try:
                 expired = self._expire(partition, due, changed, now)
             except Exception:
                 self._reschedule(partition, due, changed)
                 raise
         try:
-            await self._write(partition, read, batch_result.outcomes, expired, changed, now,
-                              next_applied)  # fmt: skip
+            await self._write(partition, read, outcomes, expired, changed, now, next_applied,
+                              work)  # fmt: skip
         except BaseException:
             self._reschedule(partition, due, {})  # the deadlines stay pending
+            for key, at in work.expiring:
+                self._index.schedule(partition, key, at)
             raise
 
-    async def _read(self, record: Record, partition: int, now: datetime, read: _Read) -> None:
+    async def _commands(self, work: Work, commands: list[tuple[Record, str]]) -> None:
+        """The identity commands of the batch, in offset order."""
+        for record, kind in commands:
+            try:
+                if kind in ("op", "done"):
+                    if work.partition != COORDINATOR:
+                        log.error("a coordinator command on partition %d: ignored",
+                                  work.partition)  # fmt: skip
+                        continue
+                    command = orjson.loads(record.value or b"{}")
+                    await self._coordinator.handle(work, kind, command)
+                else:
+                    await self._desk.command(work, record, kind)
+            except Exception as error:  # a bug: reported, the partition goes on
+                log_failure(log, error, "identity command %s at %s[%d]@%d failed", kind,
+                            record.topic, record.partition, record.offset)  # fmt: skip
+
+    async def _read(
+        self, record: Record, partition: int, now: datetime, read: _Read, work: Work
+    ) -> None:
         headers = _headers(record)
         origin = Origin.of(record, headers, self._rekey)
         if origin is None:
@@ -224,6 +298,7 @@ class EventHandler:
                 now=now,
                 max_bytes=config.max_event_bytes,
                 max_clock_skew=config.max_clock_skew,
+                subject_types=config.subject_types,
             )
         except Rejected as rejection:
             read.sends.append(
@@ -235,7 +310,7 @@ class EventHandler:
         except Exception as error:  # a bug in the parser: reported, never a stuck partition
             read.sends.append(await self._internal(record, headers, origin, error))
             return
-        key = event.subject.encode()
+        key = event.subject.encode()  # the subject's id: where its identifier lives
         home = partition_for(key, self._partitions)
         if home != partition and record.topic != self._rekey:
             self._metrics.rekeyed.labels(origin.channel).inc()
@@ -246,7 +321,15 @@ class EventHandler:
                 )
             )  # fmt: skip
             return
-        read.events.append((event, _Source(record, headers, origin)))
+        if event.subjecttype == CUSTOMER and event.type not in OPERATIONS:  # the plain path
+            read.events.append((event, _Source(record, headers, origin)))
+            return
+        await self._desk.read(event, _Source(record, headers, origin), read.events, work)
+
+    def _one(self, partition: int, key: str) -> CustomerState | None:
+        """One state, for the identity protocol (None also for an unreadable one)."""
+        state = self._load(partition, [key])[key]
+        return None if state is _UNREADABLE else state
 
     def _load(self, partition: int, subjects: Iterable[str]) -> dict[str, CustomerState | None]:
         """The states of ``subjects``: None for a new customer, ``_UNREADABLE`` for a
@@ -276,7 +359,7 @@ class EventHandler:
         unreadable: their state stays as it is, for an operator to look at."""
         kept = []
         for event, source in read.events:
-            if event.subject in unreadable:
+            if (event.profile or event.subject) in unreadable:
                 read.sends.append(
                     await self._dead_letter(
                         source.record, source.headers, source.origin, Reason.INTERNAL,
@@ -322,15 +405,17 @@ class EventHandler:
         self,
         partition: int,
         read: _Read,
-        outcomes: list[Outcome],
+        outcomes: list[tuple[tuple[Event, _Source], Outcome]],
         expired: list[Outcome],
         changed: dict[str, CustomerState],
         now: datetime,
         next_applied: Mapping[str, int],
+        work: Work,
     ) -> None:
         metrics = self._metrics
         sends = read.sends
-        for (_, source), outcome in zip(read.events, outcomes, strict=True):
+        sends.extend(work.sends)
+        for (_, source), outcome in outcomes:
             channel = source.origin.channel
             if outcome.error is not None:
                 sends.append(
@@ -347,29 +432,47 @@ class EventHandler:
                 if outcome.beyond:
                     metrics.late.labels(channel).inc()
             await self._emit(outcome, source.record.timestamp / 1000, sends)
+        for outcome, since in work.outcomes:  # merges: what the combined timeline revealed
+            await self._emit(outcome, since, sends)
         for outcome in expired:
             trigger = outcome.trigger
             since = trigger.moment.timestamp() if trigger is not None else 0.0
             await self._emit(outcome, since, sends)
         documents: dict[str, bytes] = {}
-        changes: dict[bytes, bytes] = {}
+        changes: dict[bytes, bytes | None] = dict(work.puts)
         for subject, state in changed.items():
             document = states.encode_document(state.context)
             documents[subject] = document
             changes[subject.encode()] = states.encode(state, document)
+        for subject in work.removed:
+            changes[subject.encode()] = None  # a tombstone in the changelog too
         sends.extend(await self._table.stage(partition, changes, next_applied))
         acks = await asyncio.gather(*sends)
         self._table.write(partition, changes, next_applied, acks[-1].offset)
         applied_at = time.time()
-        cache, index, engine = self._cache, self._index, self._engine
+        cache, index, engine, desk = self._cache, self._index, self._engine, self._desk
+        for subject in work.removed:
+            key = subject.encode()
+            cache.discard(key)
+            index.schedule(partition, key, None)
+        forced = work.forced
         for subject, state in changed.items():
             key = subject.encode()
             cache.put(key, state)
             index.schedule(partition, key, engine.next_wakeup(state))
             context = state.context
+            identities = context.identities
+            touch: tuple[str, ...] = ()
+            if len(identities) > 1 or identities[0].type != CUSTOMER:
+                touch = desk.touched(state, partition)
+                work.identity_sets.update(desk.owned_identities(state, partition))
             self._mirror.submit(
-                context.customer_id, context.version, documents[subject], applied_at=applied_at
-            )
+                context.customer_id, context.version, documents[subject], applied_at=applied_at,
+                force=subject in forced, touch=touch,
+            )  # fmt: skip
+        for key, at in work.expiring:
+            index.schedule(partition, key, at)
+        desk.mirror(work)
 
     async def _emit(self, outcome: Outcome, since: float, sends: list[Awaitable[Any]]) -> None:
         """Count the suppressions; send the trigger, if any."""
@@ -383,7 +486,7 @@ class EventHandler:
         sent = await self._producer.send(
             self._names.triggers[trigger.channel],
             trigger.subject.encode(),
-            trigger_codec.encode(trigger, document),
+            trigger_codec.encode(trigger, document, outcome.snapshot.identities),
             None,
             None,
             [("content-type", trigger_codec.CONTENT_TYPE)],
@@ -450,8 +553,11 @@ class EventHandler:
     def rebuild_index(self, partitions: Iterable[int]) -> None:
         """Re-read the table after an assignment: every pending deadline of ``partitions``."""
         owned = set(partitions)
-        entries = []
+        entries: list[tuple[int, bytes, datetime]] = []
         for partition in owned:
+            expiring, pending = self._desk.entries(partition)
+            entries.extend((partition, key, due) for key, due in expiring)
+            self._desk.resubmit(partition, pending)
             for key, raw in self._table.items(partition):
                 try:
                     due = self._engine.next_wakeup(states.decode(raw))

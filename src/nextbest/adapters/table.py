@@ -111,6 +111,13 @@ class ContextTable:
             if not key.startswith(INTERNAL_PREFIX) and key != FAUST_OFFSET_KEY:
                 yield key, value
 
+    def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The entries of ``partition`` whose key starts with ``prefix``, in key order."""
+        for key, value in self._db(partition).items(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
     def forget(self) -> None:
         """Partitions moved: read the applied offsets from RocksDB again."""
         self._applied.clear()
@@ -118,9 +125,10 @@ class ContextTable:
     # --- writing a batch -------------------------------------------------------------
 
     async def stage(
-        self, partition: int, changes: Mapping[bytes, bytes], applied: Mapping[str, int]
+        self, partition: int, changes: Mapping[bytes, bytes | None], applied: Mapping[str, int]
     ) -> list[Awaitable[Any]]:
-        """Send ``changes`` and ``applied`` to the changelog; the applied offsets go last."""
+        """Send ``changes`` (None: a tombstone) and ``applied`` to the changelog; the
+        applied offsets go last."""
         send = self._producer.send
         topic = self.changelog
         pending = [
@@ -132,14 +140,18 @@ class ContextTable:
     def write(
         self,
         partition: int,
-        changes: Mapping[bytes, bytes],
+        changes: Mapping[bytes, bytes | None],
         applied: Mapping[str, int],
         changelog_offset: int,
     ) -> None:
-        """Put ``changes`` and ``applied`` into RocksDB, with the changelog offset they reach."""
+        """Put ``changes`` (None: delete) and ``applied`` into RocksDB, with the changelog
+        offset they reach."""
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in changes.items():
-            batch.put(key, value)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
         batch.put(APPLIED_KEY, orjson.dumps(applied))
         batch.put(FAUST_OFFSET_KEY, str(changelog_offset).encode())
         self._db(partition).write(batch)

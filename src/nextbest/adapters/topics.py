@@ -11,9 +11,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
@@ -50,12 +52,20 @@ def partition_for(customer_id: bytes, partitions: int) -> int:
     return int(murmur2(customer_id) & 0x7FFFFFFF) % partitions
 
 
+def _ms(duration: timedelta) -> str:
+    return str(int(duration.total_seconds() * 1000))
+
+
 @dataclass(frozen=True)
 class TopicNames:
-    """Every topic of one engine (app id) over ``channels``."""
+    """Every topic of one engine (app id) over ``channels``, and how the internal ones
+    keep their records (see :meth:`configs`)."""
 
     app_id: str
     channels: tuple[str, ...]
+    compaction_lag: timedelta = timedelta(hours=12)
+    tombstone_retention: timedelta = timedelta(days=1)
+    rekey_retention: timedelta = timedelta(days=7)
 
     @property
     def events(self) -> tuple[str, ...]:
@@ -95,10 +105,29 @@ class TopicNames:
         return [*self.events, self.rekey, self.ticks, self.changelog]
 
     def configs(self, name: str) -> dict[str, str]:
+        """The topic configs nextbest creates ``name`` with.
+
+        The changelog is compacted, and bounded (contract §11): a segment rolls
+        after ``compaction_lag`` at the latest (the active one is never compacted)
+        and a record superseded or deleted is compacted away within another
+        ``compaction_lag``; a tombstone itself goes ``tombstone_retention`` after
+        that. The rekey topic holds forwarded events and merging profiles'
+        states: ``rekey_retention``.
+        """
         if name == self.ticks:
             return {"retention.ms": str(TICK_RETENTION_MS), "segment.ms": str(TICK_RETENTION_MS)}
         if name == self.changelog:
-            return {"cleanup.policy": "compact"}
+            return {
+                "cleanup.policy": "compact",
+                "segment.ms": _ms(self.compaction_lag),
+                "max.compaction.lag.ms": _ms(self.compaction_lag),
+                "delete.retention.ms": _ms(self.tombstone_retention),
+            }
+        if name == self.rekey:
+            return {
+                "retention.ms": _ms(self.rekey_retention),
+                "segment.ms": _ms(min(self.rekey_retention, timedelta(days=1))),
+            }
         return {}
 
 
@@ -141,8 +170,40 @@ async def create_topics(
                 )
             log.info("created %d missing topics", len(missing))
         _check_partitions(await admin.describe_topics(names.co_partitioned()), partitions)
+        await _warn_about_configs(admin, names, [n for n in (names.changelog, names.rekey)
+                                                 if n not in missing])  # fmt: skip
     finally:
         await admin.close()
+
+
+async def _warn_about_configs(
+    admin: AIOKafkaAdminClient, names: TopicNames, existing: Sequence[str]
+) -> None:
+    """Topics made before these configs existed keep what they have (aiokafka can only
+    replace a topic's whole config): say what differs, and the command that sets it."""
+    if not existing:
+        return
+    try:
+        described = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in existing]
+        )
+    except KafkaError as error:
+        log.warning("could not read the configs of %s (%s)", ", ".join(existing),
+                    type(error).__name__)  # fmt: skip
+        return
+    for response in described:
+        for _, _, _, name, entries in response.resources:
+            found = {entry[0]: entry[1] for entry in entries}
+            wanted = names.configs(name)
+            differ = {k: v for k, v in wanted.items() if found.get(k) != v}
+            if differ:
+                settings = ",".join(f"{k}={v}" for k, v in differ.items())
+                log.warning(
+                    "topic %s was created with other configs than nextbest wants (%s): "
+                    "kafka-configs.sh --alter --entity-type topics --entity-name %s "
+                    "--add-config %s",
+                    name, settings, name, settings,
+                )  # fmt: skip
 
 
 def _check_partitions(descriptions: Sequence[Mapping[str, Any]], partitions: int) -> None:

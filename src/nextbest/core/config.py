@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from nextbest.core.envelope import DEFAULT_CHANNELS
+from nextbest.core.identity import DEFAULT_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +28,5 @@ class EngineConfig:
     # what a customer's state keeps to place late events (see core/timeline.py)
     reorder_max_events: int = 50
     reorder_max_bytes: int = 16384
+    # contract v0.2 §10: the kinds of identifier subjecttype may name
+    subject_types: tuple[str, ...] = DEFAULT_TYPES

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
 
 import orjson
 
-from nextbest.core.context import Context, TriggerRecord
+from nextbest.core.context import Context, Identity, TriggerRecord
 from nextbest.core.rules import Choice
 
 CONTENT_TYPE = b"application/cloudevents+json; charset=utf-8"
@@ -84,8 +85,9 @@ def build(choice: Choice, context: Context, now: datetime) -> Trigger:
     )
 
 
-def encode(trigger: Trigger, document: bytes) -> bytes:
-    """The trigger as a structured-mode CloudEvent; ``document`` is the context's JSON."""
+def encode(trigger: Trigger, document: bytes, identities: Iterable[Identity] = ()) -> bytes:
+    """The trigger as a structured-mode CloudEvent; ``document`` is the context's JSON,
+    ``identities`` the profile's identifiers (``data.identities``, contract v0.2 §10)."""
     return orjson.dumps(
         {
             "specversion": "1.0",
@@ -104,6 +106,7 @@ def encode(trigger: Trigger, document: bytes) -> bytes:
                 "caused_by": trigger.caused_by,
                 "from_channel": trigger.from_channel,
                 "context": orjson.Fragment(document),
+                "identities": [{"type": i.type, "id": i.id} for i in identities],
             },
         },
         option=orjson.OPT_UTC_Z,
