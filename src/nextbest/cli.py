@@ -1,6 +1,6 @@
 """The ``nextbest`` command: ``worker``, ``api``, ``simulate``, ``dev``, ``demo``, ``token``,
 and the tools of :mod:`nextbest.tools`: ``validate``, ``send``, ``tail``, ``context``,
-``deadletter replay``."""
+``erase``, ``deadletter replay``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ TOOLS = {
     "send": ("send", "send one well-formed event to events.<channel>, keyed by the customer id"),
     "tail": ("tail", "follow triggers (or, with --deadletter, rejected records) as they come"),
     "context": ("lookup", "print a customer's live context from Redis"),
+    "erase": ("erase", "erase a person by any of their identifiers (customer.erased, v0.2)"),
 }
 
 

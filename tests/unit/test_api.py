@@ -223,3 +223,49 @@ def test_rate_limiter_refills_and_forgets() -> None:
     limiter.allow("b", 0.5)
     limiter.allow("c", 0.5)  # "a" is the least recently seen: forgotten
     assert limiter.allow("a", 0.5) == 0.0
+
+
+# --- contract v0.2 §10: a profile found by any of its identifiers ---------------------
+
+
+async def test_a_profile_is_found_by_another_identifier(
+    client: TestClient[web.Request, web.Application], contexts: MemoryContexts
+) -> None:
+    contexts.link("phone", "h-555", "c-1")
+    answer = await client.get("/v1/customers/h-555/context?type=phone", headers=AUTH)
+    assert answer.status == 200
+    assert await answer.read() == document(3)
+    # type=customer is the plain look-up
+    answer = await client.get("/v1/customers/c-1/context?type=customer", headers=AUTH)
+    assert await answer.read() == document(3)
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "error"),
+    [
+        ("/v1/customers/h-999/context?type=phone", 404, "not_found"),
+        ("/v1/customers/h-999/context?type=Phone!", 400, "invalid_type"),
+        ("/v1/customers/h-999/context/stream?type=phone", 404, "not_found"),
+    ],
+)
+async def test_type_lookups_that_find_nothing(
+    client: TestClient[web.Request, web.Application], url: str, status: int, error: str
+) -> None:
+    answer = await client.get(url, headers=AUTH)
+    assert answer.status == status
+    assert (await answer.json())["error"] == error
+
+
+async def test_a_stream_by_another_identifier_ends_when_its_profile_goes(
+    client: TestClient[web.Request, web.Application], contexts: MemoryContexts
+) -> None:
+    """A profile merged into another (or erased) is deleted: its streams end, and the
+    widget looks the identifier up again."""
+    contexts.link("anonymous", "ck-1", "c-1")
+    url = "/v1/customers/ck-1/context/stream?type=anonymous"
+    async with client.get(url, headers=AUTH) as stream:
+        assert await read_events(stream, 1) == [("context", document(3))]
+        contexts.delete("c-1")
+        assert await read_events(stream, 1) == [("gone", b"{}")]
+        async with asyncio.timeout(2):
+            assert await stream.content.read() == b""  # closed by the server

@@ -111,16 +111,26 @@ async def test_a_badly_signed_token_is_401(client: Client, metrics: ApiMetrics) 
     assert refused(metrics, "unknown_key") == 1
 
 
-async def test_a_type_lookup_is_refused_to_widget_tokens(
-    client: Client, metrics: ApiMetrics
+async def test_a_type_lookup_opens_only_the_tokens_own_customer(
+    client: Client, contexts: MemoryContexts, metrics: ApiMetrics
 ) -> None:
-    url = "/v1/customers/alice-0001/context?type=email"
-    answer = await client.get(url, headers=bearer(token("alice-0001")))
-    assert answer.status == 403
-    assert refused(metrics, "type_lookup") == 1
+    """``?type=`` (contract §10) with a widget token: its customer's own identifiers
+    only; another person's, or nobody's, is refused the same way."""
+    contexts.link("email", "h-alice", "alice-0001")
+    contexts.link("email", "h-bob", "bob-0002")
+    contexts.put("bob-0002", document("bob-0002"))
+    mine = "/v1/customers/h-alice/context?type=email"
+    answer = await client.get(mine, headers=bearer(token("alice-0001")))
+    assert answer.status == 200
+    assert orjson.loads(await answer.read())["customer_id"] == "alice-0001"
+    for other in ("h-bob", "h-nobody"):
+        url = f"/v1/customers/{other}/context?type=email"
+        answer = await client.get(url, headers=bearer(token("alice-0001")))
+        assert answer.status == 403
+    assert refused(metrics, "wrong_customer") == 2
     # the service token is not scoped
-    answer = await client.get(url, headers=bearer(SERVICE))
-    assert answer.status != 403
+    answer = await client.get("/v1/customers/h-bob/context?type=email", headers=bearer(SERVICE))
+    assert answer.status == 200
 
 
 async def test_service_tokens_still_open_every_customer(client: Client) -> None:

@@ -40,11 +40,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from redis.exceptions import RedisError
 
 from nextbest import schemas
 from nextbest.api.contexts import ContextSource
 from nextbest.api.limits import RateLimiter
 from nextbest.api.widget_tokens import Grant, TokenRefused, WidgetTokens, looks_like_a_jwt
+from nextbest.core.envelope import TYPE_NAME
+from nextbest.core.identity import CUSTOMER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CUSTOMER_ID_MAX = 128
@@ -94,7 +97,7 @@ class ApiMetrics:
         self.widget_tokens_refused = Counter(
             "nextbest_api_widget_tokens_refused",
             "Requests refused for their widget token: 401 (expired, invalid_signature, "
-            "unknown_key, malformed, ...) or 403 (wrong_customer, type_lookup). The reason "
+            "unknown_key, malformed, ...) or 403 (wrong_customer). The reason "
             "only: never the customer.",
             ["reason"],
             registry=registry,
@@ -205,7 +208,7 @@ class ContextApi:
                     str(refusal),
                     **{"WWW-Authenticate": 'Bearer realm="nextbest", error="invalid_token"'},
                 )
-            refused = self._out_of_scope(request, grant)
+            refused = await self._out_of_scope(request, grant)
             if refused is not None:
                 return refused
             self._metrics.widget_tokens_accepted.inc()
@@ -229,28 +232,24 @@ class ContextApi:
             )
         return await handler(request)
 
-    def _out_of_scope(self, request: web.Request, grant: Grant) -> web.Response | None:
+    async def _out_of_scope(self, request: web.Request, grant: Grant) -> web.Response | None:
         """403 when a widget token asks for anything but its own customer's context.
 
-        ``?type=`` (contract §10) finds a profile by another identifier, which
-        only the identity lookup can map to a profile id; until the API resolves
-        it and compares the resolved id with the token's, widget tokens may not
-        use it.
+        ``?type=`` (contract §10) finds a profile by another identifier: allowed
+        when it is one of the token's own customer's (whether it is anyone
+        else's, or no one's, is not told).
         """
-        reason = None
-        if "type" in request.query and request.query["type"] != "customer":
-            reason = "type_lookup"
-        elif request.match_info.get("customer_id") != grant.customer_id:
-            reason = "wrong_customer"
-        if reason is None:
+        requested = request.match_info.get("customer_id")
+        kind = request.query.get("type", CUSTOMER)
+        if kind != CUSTOMER and requested is not None and TYPE_NAME.match(kind):
+            try:
+                requested = await self._contexts.resolve(kind, requested)
+            except (RedisError, OSError):
+                requested = None
+        if requested == grant.customer_id:
             return None
-        self._metrics.widget_tokens_refused.labels(reason).inc()
-        message = (
-            "a widget token may look up its customer by customer id only"
-            if reason == "type_lookup"
-            else "this widget token is for another customer's context"
-        )
-        return _error(403, "forbidden", message)
+        self._metrics.widget_tokens_refused.labels("wrong_customer").inc()
+        return _error(403, "forbidden", "this widget token is for another customer's context")
 
     @staticmethod
     def _presented(request: web.Request) -> str:
@@ -278,14 +277,34 @@ class ContextApi:
             raise web.HTTPBadRequest(reason="Invalid customer id")
         return customer_id
 
+    async def _profile(self, request: web.Request) -> str | web.Response:
+        """The profile id the request names: the path's id, or with ``?type=<type>`` the
+        profile of that identifier (contract §10); a response when there is none."""
+        identifier = self._customer(request)
+        kind = request.query.get("type", CUSTOMER)
+        if kind == CUSTOMER:
+            return identifier
+        if not TYPE_NAME.match(kind):
+            return _error(400, "invalid_type", "type must be an identity type such as phone")
+        profile = await self._contexts.resolve(kind, identifier)
+        if profile is None:
+            return _error(404, "not_found", f"no profile has this {kind} identifier")
+        return profile
+
     async def get_context(self, request: web.Request) -> web.StreamResponse:
-        document = await self._contexts.get(self._customer(request))
+        profile = await self._profile(request)
+        if isinstance(profile, web.Response):
+            return profile
+        document = await self._contexts.get(profile)
         if document is None:
             return _error(404, "not_found", "no context for this customer")
         return _document_response(document)
 
     async def stream_context(self, request: web.Request) -> web.StreamResponse:
-        customer_id = self._customer(request)
+        profile = await self._profile(request)
+        if isinstance(profile, web.Response):
+            return profile
+        customer_id = profile
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -317,6 +336,9 @@ class ContextApi:
                     except TimeoutError:
                         await response.write(b": keep-alive\n\n")
                         continue
+                    if not document:  # merged into another profile, or erased: look again
+                        await response.write(b"event: gone\ndata: {}\n\n")
+                        break
                     version = _version(document)
                     if version >= last:
                         last = version

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from nextbest.adapters.projection import context_key, updates_channel
+from nextbest.adapters.projection import context_key, identity_key, updates_channel
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 class ContextSource(Protocol):
     async def get(self, customer_id: str) -> bytes | None:
         """The customer's current document, or None if unknown."""
+
+    async def resolve(self, kind: str, identifier: str) -> str | None:
+        """The profile id of the identifier ``kind:identifier`` (§10), or None."""
 
     def watch(
         self, customer_id: str
@@ -83,14 +86,25 @@ class MemoryContexts:
 
     def __init__(self) -> None:
         self._documents: dict[str, bytes] = {}
+        self._identities: dict[tuple[str, str], str] = {}
         self._fanout = _Fanout()
 
     def put(self, customer_id: str, document: bytes) -> None:
         self._documents[customer_id] = document
         self._fanout.publish(customer_id, document)
 
+    def link(self, kind: str, identifier: str, profile_id: str) -> None:
+        self._identities[(kind, identifier)] = profile_id
+
+    def delete(self, customer_id: str) -> None:
+        self._documents.pop(customer_id, None)
+        self._fanout.publish(customer_id, b"")
+
     async def get(self, customer_id: str) -> bytes | None:
         return self._documents.get(customer_id)
+
+    async def resolve(self, kind: str, identifier: str) -> str | None:
+        return self._identities.get((kind, identifier))
 
     @contextlib.asynccontextmanager
     async def watch(self, customer_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
@@ -121,6 +135,12 @@ class RedisContexts:
     async def get(self, customer_id: str) -> bytes | None:
         document = await self._client.get(context_key(customer_id))
         return document.encode() if isinstance(document, str) else document
+
+    async def resolve(self, kind: str, identifier: str) -> str | None:
+        found = await self._client.get(identity_key(kind, identifier))
+        if found is None:
+            return None
+        return found.decode() if isinstance(found, bytes) else str(found)
 
     @contextlib.asynccontextmanager
     async def watch(self, customer_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
