@@ -44,6 +44,7 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.produce import ProduceRequest
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -282,7 +283,14 @@ def _tls_hint(cause: str) -> str:
 async def _check_topics(
     admin: AIOKafkaAdminClient, client: AIOKafkaClient, needs: KafkaNeeds
 ) -> list[_Denied]:
-    described = await admin.describe_topics(needs.topics)
+    # not admin.describe_topics: its metadata request lets a broker with
+    # auto.create.topics.enable (Kafka's default) create a missing topic there and then,
+    # with the broker's defaults — a changelog without compaction, ticks kept for days —
+    # before ensure_topics can create it with its configs
+    metadata = await admin._send_request(
+        MetadataRequest(needs.topics, allow_auto_topic_creation=False)
+    )
+    described = metadata.to_object()["topics"]
     errors = {t["topic"]: t["error_code"] for t in described}
     leaders = {
         t["topic"]: p["leader"]
