@@ -112,6 +112,11 @@ class Plan:
     loads: bool = True
     rates: tuple[float, ...] = (1000.0, 5000.0)
     half_load: bool = True
+    # contract v0.2: the simulator's --identities journeys (cookies, app installs, phones,
+    # loyalty cards, logins); and whether nextbest has caught up is then read from its own
+    # count of applied events (a profile's document is no longer one per customer id)
+    identities: bool = False
+    by_metrics: bool = False
 
 
 @dataclass
@@ -231,11 +236,19 @@ def ready(port: int) -> bool:
 class Watch:
     """Asks the broker and Redis how far an arm has got."""
 
-    def __init__(self, arm: str, settings: Settings, redis: Redis, workload: Workload) -> None:
+    def __init__(
+        self,
+        arm: str,
+        settings: Settings,
+        redis: Redis,
+        workload: Workload,
+        by_metrics: bool = False,
+    ) -> None:
         self.arm = arm
         self.settings = settings
         self.redis = redis
         self.workload = workload
+        self.by_metrics = by_metrics
         self._offsets: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> Watch:
@@ -279,6 +292,8 @@ class Watch:
         """Has the arm applied the last record sent to every topic partition?"""
         if self.arm == "floor":
             return await self._output_count() >= self.workload.sent
+        if self.by_metrics and self.arm == "nextbest":
+            return await asyncio.to_thread(_applied_events) >= self.workload.sent
         finals = self.workload.final_versions()
         names = list(finals)
         documents = await self.redis.mget([KEY_PREFIX + name for name in names])
@@ -286,6 +301,20 @@ class Watch:
             if document is None or orjson.loads(document)["version"] < finals[name]:
                 return False
         return True
+
+
+def _applied_events() -> float:
+    """Events the nextbest arm applied (or ignored as repeats), from its /metrics."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{WORKER_PORT}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(("nextbest_events_total{", "nextbest_events_duplicate_total{"))
+    )
 
 
 async def wait_until(check: Any, *, within: float, arm: Arm, every: float = 0.1) -> float | None:
@@ -454,12 +483,13 @@ class Bench:
         settings = Settings(**{k.removeprefix("NEXTBEST_").lower(): v for k, v in env.items()})
         await ensure_topics(settings)
         await self._create(settings, OUTPUT_TOPIC)
-        journeys = Journeys(customers=self.plan.customers, seed=rep, channels=settings.channels)
+        journeys = Journeys(customers=self.plan.customers, seed=rep, channels=settings.channels,
+                            identities=self.plan.identities)  # fmt: skip
         workload = Workload(journeys, settings.channels, settings.topic_partitions)
         redis = redis_client(settings, timeout=None)
         arm = Arm(name, env, self.workdir)
         try:
-            async with Watch(name, settings, redis, workload) as watch:
+            async with Watch(name, settings, redis, workload, self.plan.by_metrics) as watch:
                 await watch.leaders([OUTPUT_TOPIC, *(f"events.{c}" for c in settings.channels)])
                 security = kafka_client_options(settings)
                 await preload(workload, settings.kafka_bootstrap, self.plan.events, security)
@@ -744,6 +774,19 @@ def main() -> None:
         default="1000,5000",
         help="fixed offered loads, events/s (50%% of each arm's max is added)",
     )
+    parser.add_argument(
+        "--identities", action="store_true",
+        help="the simulator's --identities journeys (implies --by-metrics)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--by-metrics", action="store_true",
+        help="nextbest has drained when its applied-event count reaches the records sent",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stack-ports", default=None,
+        help="Kafka,controller,Redis ports of the bench's own stack (default 19092,19093,16379)"
+        " — another on the machine may be using those",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=ROOT / ".dev" / "bench")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
@@ -761,9 +804,14 @@ def main() -> None:
         profile=args.profile,
         loads=not args.drain_only,
         rates=tuple(float(r) for r in args.rates.split(",") if r),
+        identities=args.identities,
+        by_metrics=args.by_metrics or args.identities,
     )
     # the dedicated stack, for every stack() call
-    os.environ.update({**STACK_ENV, "NEXTBEST_DEV_DIR": str(args.workdir / "stack")})
+    ports = dict(STACK_ENV)
+    if args.stack_ports:
+        ports = dict(zip(STACK_ENV, args.stack_ports.split(","), strict=True))
+    os.environ.update({**ports, "NEXTBEST_DEV_DIR": str(args.workdir / "stack")})
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # retried metadata races
     workdir = args.workdir / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}"
     workdir.mkdir(parents=True)

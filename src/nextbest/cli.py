@@ -86,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         "--malformed", type=float, default=0.0, help="fraction of records to break on purpose"
     )
     simulate.add_argument(
+        "--identities", action="store_true",
+        help="channels know customers by cookies, app installs, phones, loyalty cards and "
+        "shared tablets, and link them as people log in (contract v0.2)",
+    )  # fmt: skip
+    simulate.add_argument(
         "--think",
         type=_think,
         default=None,
@@ -200,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             channels=settings.channels,
             malformed=args.malformed,
+            identities=args.identities,
         )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(

@@ -104,3 +104,34 @@ def test_paced_journeys_refuse_impossible_think_times() -> None:
     journeys = Journeys(customers=10, seed=1, channels=DEFAULT_CHANNELS)
     with pytest.raises(ValueError, match="think"):
         next(journeys.paced(10.0, think=(3.0, 1.0)))
+
+
+def test_with_identities_channels_know_people_by_their_own_identifiers() -> None:
+    """--identities: anonymous web sessions that log in, app installs, verified phones,
+    scanned loyalty cards, shared tablets; every event still valid, the key its subject."""
+    events = take(6000, identities=True)
+    assert [e.value() for e in events] == [e.value() for e in take(6000, identities=True)]
+    kinds: Counter[str] = Counter()
+    methods: Counter[str] = Counter()
+    for event in events:
+        parsed = parse(event.value(), (), event.channel, now=NOW)
+        assert parsed.subject == event.customer  # keyed by its subject
+        kinds[parsed.subjecttype] += 1
+        if parsed.type == "identity.linked":
+            methods[parsed.data["method"]] += 1
+    assert set(kinds) == {"customer", "anonymous", "device", "phone", "loyalty"}
+    assert set(methods) == {"login", "phone_verified", "loyalty_scan"}
+    tablets = {e.customer for e in events if e.customer.startswith("tablet-")}
+    assert tablets  # shared devices
+    logins = Counter(
+        e.document["subject"]
+        for e in events
+        if e.document["type"] == "identity.linked"
+        and e.document["data"]["identities"][0]["id"] in tablets
+    )
+    assert len(logins) > len(tablets)  # used by more people than there are tablets
+    # a session's anonymous events come before its login
+    web = [e for e in events if e.channel == "web"]
+    assert web[0].document.get("subjecttype") == "anonymous"
+    # without the option the subjects are customer ids, as before
+    assert all("subjecttype" not in e.document for e in take(500))

@@ -19,9 +19,13 @@ from nextbest.simulator.journeys import Journeys
 from tests import contract
 
 
+@pytest.mark.parametrize("identities", [False, True], ids=["customer-ids", "identities"])
 @pytest.mark.parametrize("seed", [1, 7, 2026])
-def test_simulated_events_match_the_schema_and_broken_ones_do_not(seed: int) -> None:
-    journeys = Journeys(customers=300, seed=seed, channels=DEFAULT_CHANNELS, malformed=0.05)
+def test_simulated_events_match_the_schema_and_broken_ones_do_not(
+    seed: int, identities: bool
+) -> None:
+    journeys = Journeys(customers=300, seed=seed, channels=DEFAULT_CHANNELS, malformed=0.05,
+                        identities=identities)  # fmt: skip
     well_formed = broken = 0
     types = set()
     for event in islice(journeys.events(100.0), 1500):

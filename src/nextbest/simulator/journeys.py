@@ -6,6 +6,9 @@ searches find nothing), fills a cart, may start checkout, fail a payment and
 place an order, and on the way may hop to another channel: walk into a store
 and scan products, call the contact center and give up in the queue, chat,
 click an email, change consent. The same seed gives the same events.
+With ``identities=True`` the channels know customers by their own identifiers
+(cookies, app installs, phone numbers, loyalty cards, shared tablets) and link
+them as people log in: see :mod:`nextbest.simulator.identities`.
 
 Pure: no I/O and no clock; times are offsets in seconds from the run's start.
 """
@@ -21,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from nextbest.simulator.identities import Identified, Personas, plain
+
 SKUS = tuple(f"SKU-{n:04d}" for n in range(500))
 QUERIES = ("running shoes", "desk lamp", "blue jacket", "usb-c cable", "coffee grinder",
            "garden hose", "gift card", "noise cancelling", "yoga mat", "unobtainium")  # fmt: skip
@@ -35,6 +40,8 @@ class SimulatedEvent:
     at: float
     document: dict[str, Any]
     malformed: bool = False
+    # ``customer`` is the record's key: the subject, which with identities may be a
+    # cookie, a device, a phone or a card of the customer
 
     def value(self) -> bytes:
         if self.malformed:
@@ -66,6 +73,7 @@ class Journeys:
         channels: tuple[str, ...],
         zipf: float = 1.1,
         malformed: float = 0.0,
+        identities: bool = False,
     ) -> None:
         self._random = random.Random(seed)  # noqa: S311 - a reproducible simulation, not secrets
         self._customers = [f"sim-{seed}-{n}" for n in range(customers)]
@@ -74,6 +82,14 @@ class Journeys:
         self._channels = channels
         self._malformed = malformed
         self._ids = 0
+        self._personas = Personas(self._random) if identities else None
+
+    def _visit(self, customer: str | None = None) -> Iterator[Identified]:
+        customer = customer or self.customer()
+        steps = self._session(customer)
+        if self._personas is None:
+            return plain(steps)
+        return self._personas.session(customer, steps)
 
     def customer(self) -> str:
         return self._random.choices(self._customers, cum_weights=self._cumulative)[0]
@@ -86,9 +102,9 @@ class Journeys:
         """
         clock = 0.0
         while True:
-            for channel, customer, kind, data in self._session():
+            for channel, subject, kind, data, subjecttype in self._visit():
                 clock += self._random.expovariate(rate)
-                yield self._event(channel, customer, kind, data, clock)
+                yield self._event(channel, subject, kind, data, clock, subjecttype)
 
     def paced(
         self, rate: float, think: tuple[float, float] = (1.0, 6.0)
@@ -101,7 +117,7 @@ class Journeys:
             raise ValueError("think times must be positive, low <= high")
         r = self._random
         concurrent = max(1, round(rate * (low + high) / 2))
-        heap: list[tuple[float, int, str, Iterator[tuple[str, str, str, dict[str, Any]]]]] = []
+        heap: list[tuple[float, int, str, Iterator[Identified]]] = []
         active: set[str] = set()
         clock = 0.0
         started = 0
@@ -117,22 +133,28 @@ class Journeys:
                 active.add(customer)
                 started += 1
                 first = clock + r.uniform(0, high)  # staggered: no stampede at the start
-                heapq.heappush(heap, (first, started, customer, self._session(customer)))
+                heapq.heappush(heap, (first, started, customer, self._visit(customer)))
             at, order, customer, steps = heapq.heappop(heap)
             clock = at  # for a finished session: when it ended (no new one starts before)
             step = next(steps, None)
             if step is None:
                 active.discard(customer)
                 continue
-            channel, _, kind, data = step
-            yield self._event(channel, customer, kind, data, at)
+            channel, subject, kind, data, subjecttype = step
+            yield self._event(channel, subject, kind, data, at, subjecttype)
             heapq.heappush(heap, (at + r.uniform(low, high), order, customer, steps))
 
     def _event(
-        self, channel: str, customer: str, kind: str, data: dict[str, Any], at: float
+        self,
+        channel: str,
+        customer: str,
+        kind: str,
+        data: dict[str, Any],
+        at: float,
+        subjecttype: str | None = None,
     ) -> SimulatedEvent:
         self._ids += 1
-        document = {
+        document: dict[str, Any] = {
             "specversion": "1.0",
             "id": f"sim-{self._ids}",
             "source": f"/simulator/{channel}",
@@ -141,6 +163,8 @@ class Journeys:
             "subject": customer,
             "data": data,
         }
+        if subjecttype is not None:
+            document["subjecttype"] = subjecttype
         broken = self._malformed > 0 and self._random.random() < self._malformed
         return SimulatedEvent(channel, customer, at, document, broken)
 
