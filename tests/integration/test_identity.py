@@ -282,7 +282,7 @@ async def test_merges_are_in_redis_within_a_second(
             latencies.append(time.monotonic() - started)
     finally:
         await client.aclose()
-    p99 = statistics.quantiles(latencies, n=100)[98]
+    p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]
     print(f"merge latency over {len(latencies)}: p50 {statistics.median(latencies) * 1000:.0f} "
           f"ms, p99 {p99 * 1000:.0f} ms")  # fmt: skip
     assert p99 < 1.0

@@ -394,3 +394,22 @@ async def test_a_profile_without_customer_is_renamed_when_its_name_leaves(
     assert cluster.profile_of(A) == (A.state_key, where)
     await cluster.send("web", "page.viewed", A.id, {"page_type": "home"}, kind="anonymous")
     assert cluster.state(A.state_key, P).context.version == rest.context.version + 1  # type: ignore[union-attr]
+
+
+async def test_a_link_to_a_customer_never_seen_makes_the_customers_profile(
+    cluster: Cluster,
+) -> None:
+    """The subject is the cookie; the customer has sent nothing yet: the merged profile is
+    the customer's, where the customer id lives, and lists the customer."""
+    await cluster.send("web", "cart.item_added", A.id, CART, kind="anonymous", minute=-5)
+    await cluster.send("web", "identity.linked", A.id, {
+        "identities": [{"type": "customer", "id": "c-new"}], "method": "login"},
+        kind="anonymous", minute=-4)  # fmt: skip
+    merged = cluster.state("c-new")
+    assert members(merged) == ["customer:c-new", A.key]
+    assert merged is not None
+    assert merged.context.customer_id == "c-new"
+    assert merged.context.cart.items
+    assert cluster.profile_of(A) == ("c-new", partition_for(b"c-new", PARTITIONS))
+    await cluster.send("mobile", "session.started", "c-new", minute=-3)
+    assert cluster.state("c-new").context.version == merged.context.version + 1  # type: ignore[union-attr]

@@ -66,6 +66,7 @@ from nextbest.core.identity import (
     CUSTOMER,
     Identifier,
     fingerprint,
+    of_state_key,
     profile_id_of,
 )
 from nextbest.core.state import CustomerState, Membership
@@ -553,10 +554,16 @@ class Desk:
         identities = tuple(_identity_of(item) for item in command["ids"])
         shipment = profile.Shipment(parts, identities, whole)
         state = work.state(key)
-        membership = state.membership if state is not None else Membership()
-        if state is not None and (
-            membership.epoch >= seq
-            or (membership.assembling == seq and source in membership.received)
+        if state is None:  # a profile nobody has sent an event of yet: its name alone
+            named = of_state_key(key)
+            state = (
+                CustomerState.new(named.id)
+                if named.type == CUSTOMER
+                else CustomerState.named(named, work.now)
+            )
+        membership = state.membership
+        if membership.epoch >= seq or (
+            membership.assembling == seq and source in membership.received
         ):
             self._recover(work, key, state, shipment, since)  # it came twice
             return
