@@ -193,6 +193,7 @@ def build_worker(settings: Settings) -> Worker:
         names.changelog,
         app.producer,
         lambda: app.tables.recovery,  # type: ignore[attr-defined]
+        on_restored=mirror.submit,
     )
     handler = EventHandler(
         engine=engine,

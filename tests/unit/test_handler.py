@@ -184,8 +184,23 @@ async def test_records_the_states_already_hold_are_skipped(h: Harness) -> None:
     h.handler.forget_states()  # a restart: nothing in memory
     await handle(h, *records)
     assert h.state().context.version == 2
-    assert [s.topic for s in h.producer.sent[sent:]] == [NAMES.changelog]  # the offsets only
+    assert h.producer.sent[sent:] == []  # no trigger again, nothing new to store
     assert sample(h.metrics, "nextbest_records_skipped_total") == 2
+
+
+async def test_batches_that_change_nothing_store_their_offsets_only_now_and_then(
+    h: Harness,
+) -> None:
+    """Ticks and repeats change no state: their offsets are stored with the next change,
+    or once UNRECORDED_MAX of them went by (reading them again is harmless)."""
+    from nextbest.adapters.stream import UNRECORDED_MAX
+
+    for offset in range(UNRECORDED_MAX - 1):
+        await h.handler.handle(HOME, batch_of(FakeRecord(NAMES.ticks, HOME, offset, b"")))
+    assert h.sent_to(NAMES.changelog) == []
+    await h.handler.handle(HOME, batch_of(FakeRecord(NAMES.ticks, HOME, UNRECORDED_MAX - 1, b"")))
+    [stored] = h.sent_to(NAMES.changelog)
+    assert orjson.loads(stored.value) == {NAMES.ticks: UNRECORDED_MAX}
 
 
 async def test_nothing_is_stored_until_every_output_is_acknowledged(h: Harness) -> None:

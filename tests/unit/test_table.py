@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nextbest.adapters.table import APPLIED_KEY, ContextTable
+from nextbest.core.config import EngineConfig
+from nextbest.core.context import encode_document
+from nextbest.core.envelope import DEFAULT_CHANNELS
 from tests.unit.fakes import FakeProducer, FakeRecord, faust_table, stored, tp
+
+RULES = resources.files("nextbest").joinpath("default_rules.toml").read_text()
+NOW = __import__("tests.unit.events", fromlist=["at"]).at(10)
 
 CHANGELOG = "nextbest-test-contexts-changelog"
 
@@ -76,3 +83,35 @@ async def test_standbys_are_restored_and_other_partitions_are_refused(
     assert recovery.tables.standbys_ready
     assert not contexts.restore(tp(CHANGELOG, 6), changelog(6, (0, b"c-8", b"v")))
     assert dict(stored(table, 6)) == {}
+
+
+async def test_an_active_restore_hands_each_restored_document_to_the_mirror(
+    tmp_path: Path,
+) -> None:
+    """A worker may die between writing a state and mirroring it: whoever restores the
+    partition hands the documents over again (Redis skips the ones it has)."""
+    from nextbest.core.state import CustomerState, encode
+    from tests.unit.events import event
+
+    app, table = faust_table(tmp_path)
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
+    handed: list[tuple[str, int, bytes]] = []
+    contexts = ContextTable(
+        table, CHANGELOG, FakeProducer(), lambda: recovery,
+        on_restored=lambda *found: handed.append(found),
+    )  # fmt: skip
+    from nextbest.core.engine import Engine
+    from nextbest.core.rules import load_rules
+
+    state = CustomerState.new("c-1")
+    engine = Engine(EngineConfig(), load_rules(RULES, channels=DEFAULT_CHANNELS))
+    for minute in range(3):
+        state = engine.process(state, event("session.started", minute=minute), NOW).state
+    value = encode(state)
+    active, standby = tp(CHANGELOG, 1), tp(CHANGELOG, 2)
+    recovery.add_active(table, active)
+    recovery.add_standby(table, standby)
+    for tp_ in (active, standby):
+        contexts.restore(tp_, changelog(tp_.partition, (0, b"c-1", value),
+                                        (1, APPLIED_KEY, b"{}")))  # fmt: skip
+    assert handed == [("c-1", 3, encode_document(state.context))]  # the active one only

@@ -31,9 +31,13 @@ UPDATES_PREFIX = "nextbest:updates:"
 log = logging.getLogger(__name__)
 
 # KEYS[1] the context key; ARGV: document, its version, TTL in ms, updates channel.
-# Returns 1 when written (and published), 0 when Redis already holds a newer version.
+# Returns 1 when written (and published), 0 when Redis already holds this very
+# document (a restore hands every restored document over again) or a newer version.
 WRITE_IF_NOT_OLDER = """
 local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  return 0
+end
 if current then
   local ok, stored = pcall(cjson.decode, current)
   if ok and type(stored) == 'table' then

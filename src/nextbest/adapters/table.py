@@ -15,7 +15,11 @@ at a time:
   data it describes, and the applied offsets never ahead of the states;
 * :meth:`ContextTable.restore` applies fetched changelog records to RocksDB
   in one ``WriteBatch`` per fetch, for an active partition being recovered and
-  for a standby alike, and tells faust's recovery how far it got.
+  for a standby alike, and tells faust's recovery how far it got. The
+  documents an active partition restores are handed to ``on_restored`` (the
+  Redis mirror): a worker that died after writing a state and before mirroring
+  it leaves Redis behind, and nothing else would bring it up to date before the
+  customer's next event.
 
 The applied source offsets (``APPLIED_KEY``: topic -> next offset to apply, for
 the partition's events topics, rekey and ticks) travel with the states, in the
@@ -32,6 +36,8 @@ from typing import Any, Protocol
 
 import orjson
 import rocksdict
+
+from nextbest.core.state import stored_document
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +87,13 @@ class ContextTable:
         changelog: str,
         producer: Sender,
         recovery: Callable[[], Any] = lambda: None,
+        on_restored: Callable[[str, int, bytes], None] | None = None,
     ) -> None:
         self._table = table
         self.changelog = changelog
         self._producer = producer
         self._recovery = recovery
+        self._on_restored = on_restored  # (customer id, version, document)
         self._applied: dict[int, dict[str, int]] = {}
 
     def _db(self, partition: int) -> Any:
@@ -151,12 +159,14 @@ class ContextTable:
         """Apply fetched changelog records of ``tp`` (an active partition being recovered,
         or a standby); False when the partition is neither, and nothing was written."""
         recovery = self._recovery()
+        restored = self._on_restored
         if tp in recovery.active_tps:
             offsets = recovery.active_offsets
             received = recovery._active_events_received_at
         elif tp in recovery.standby_tps:
             offsets = recovery.standby_offsets
             received = recovery._standby_events_received_at
+            restored = None  # another worker owns it, and mirrors it
         else:
             return False
         seen = offsets.get(tp)
@@ -172,6 +182,10 @@ class ContextTable:
                 batch.delete(key)
             else:
                 batch.put(key, record.value)
+                if restored is not None and not key.startswith(INTERNAL_PREFIX):
+                    found = stored_document(record.value)
+                    if found is not None:
+                        restored(key.decode(), *found)
             last = record.offset
         if last < 0:
             return True

@@ -24,6 +24,9 @@ from nextbest.core.timers import expire, next_wakeup
 from nextbest.core.triggers import Trigger, build
 
 
+_EARLIER = timedelta(microseconds=1)
+
+
 class Outcome(NamedTuple):
     """What one event or deadline did. ``applied`` is False for a repeated event id.
 
@@ -31,7 +34,8 @@ class Outcome(NamedTuple):
     ``state`` also remembers the trigger. ``behind`` and ``beyond`` say how late
     the event came (see :class:`~nextbest.core.timeline.Placement`). ``error`` is
     set (and nothing applied) when the core itself failed on the event: a bug,
-    which the worker reports instead of stopping.
+    which the worker reports instead of stopping. ``deadlines`` are the outcomes
+    of the customer's deadlines that fell before the event and fired first.
     """
 
     state: CustomerState
@@ -43,6 +47,7 @@ class Outcome(NamedTuple):
     behind: timedelta | None = None
     beyond: bool = False
     error: Exception | None = None
+    deadlines: tuple[Outcome, ...] = ()
 
 
 class Batch(NamedTuple):
@@ -67,13 +72,41 @@ class Engine:
         )
 
     def process(self, state: CustomerState | None, event: Event, now: datetime) -> Outcome:
+        """Apply ``event``; first fire the deadlines that fell before it.
+
+        A deadline the event's ``time`` has passed fires before the event is
+        applied, as it would have, had the event come when it happened: after an
+        outage, a backlog's events must not cancel deadlines they came too late to
+        cancel. ``now`` is when the engine decides (staleness, trigger times).
+        """
         before = state if state is not None else CustomerState.new(event.subject)
         if event.id in before.seen_ids:
             return Outcome(before, applied=False)
+        fired: tuple[Outcome, ...] = ()
+        if state is not None:
+            fired = self._expire_until(before, now, event.time - _EARLIER)
+            if fired:
+                before = fired[-1].state
         placed = place(before, event, now, self._bounds)
         if not placed.signals:
-            return Outcome(placed.state, True, (), None, None, (), placed.behind, placed.beyond)
-        return self._decide(placed.state, placed.signals, now, placed.behind, placed.beyond)
+            return Outcome(
+                placed.state, True, (), None, None, (), placed.behind, placed.beyond, None, fired
+            )
+        outcome = self._decide(placed.state, placed.signals, now, placed.behind, placed.beyond)
+        return outcome._replace(deadlines=fired) if fired else outcome
+
+    def _expire_until(
+        self, state: CustomerState, now: datetime, until: datetime
+    ) -> tuple[Outcome, ...]:
+        """Fire, earliest first, the deadlines of ``state`` due up to ``until``, at ``now``."""
+        fired: list[Outcome] = []
+        while (due := self.next_wakeup(state)) is not None and due <= until:
+            outcome = self.expire(state, max(now, due))
+            if outcome is None:  # pragma: no cover - next_wakeup said one was due
+                break
+            state = outcome.state
+            fired.append(outcome)
+        return tuple(fired)
 
     def process_batch(
         self, states: Mapping[str, CustomerState | None], events: Iterable[Event], now: datetime
@@ -116,15 +149,17 @@ class Engine:
         after, signal = fired
         return self._decide(after, (signal,), now)
 
-    def expire_batch(self, states: Mapping[str, CustomerState], now: datetime) -> Batch:
-        """Fire every deadline of ``states`` that is due at ``now``, earliest first."""
+    def expire_batch(
+        self, states: Mapping[str, CustomerState], now: datetime, until: datetime | None = None
+    ) -> Batch:
+        """Fire every deadline of ``states`` due up to ``until`` (default ``now``), earliest first."""
         changed: dict[str, CustomerState] = {}
         outcomes: list[Outcome] = []
         for subject, state in states.items():
-            while (outcome := self.expire(state, now)) is not None:
-                state = outcome.state
-                changed[subject] = state
-                outcomes.append(outcome)
+            fired = self._expire_until(state, now, now if until is None else until)
+            if fired:
+                changed[subject] = fired[-1].state
+                outcomes.extend(fired)
         return Batch(changed, outcomes)
 
     def _decide(

@@ -16,6 +16,7 @@ the newest event ids (an id seen again is ignored).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -35,7 +36,12 @@ _JSON = orjson.OPT_UTC_Z
 __all__ = ["CustomerState", "Step", "decode", "encode", "encode_base", "encode_document"]
 
 SEEN_KEPT = 100
-FORMAT = 2  # of the encoded state; 1 had no timeline (no "v" key)
+# How a state is stored (the table's values and its changelog's): a header, the
+# §6 document, then the rest as JSON. The header (MAGIC, the version, the
+# document's length) lets a restore hand the document to Redis without parsing
+# the state. Format 1 (0.1) was JSON alone, with no timeline.
+MAGIC = b"\xf2"
+_HEADER = struct.Struct(">cQI")
 
 
 class Step(NamedTuple):
@@ -121,14 +127,13 @@ def encode_base(base: Context) -> bytes:
 
 
 def encode(state: CustomerState, document: bytes | None = None) -> bytes:
-    """The state as JSON bytes; ``document`` is ``encode_document(state.context)`` if known."""
+    """The state as stored; ``document`` is ``encode_document(state.context)`` if known."""
     context = state.context
-    return orjson.dumps(
+    if document is None:
+        document = encode_document(context)
+    header = _HEADER.pack(MAGIC, context.version, len(document))
+    return header + document + orjson.dumps(
         {
-            "v": FORMAT,
-            "context": orjson.Fragment(
-                document if document is not None else encode_document(context)
-            ),
             "extras": _extras(context),
             "base": orjson.Fragment(state.base_encoded),
             "recent": [orjson.Fragment(s.encoded) for s in state.recent],
@@ -150,26 +155,44 @@ def _context(document: Mapping[str, Any], extras: Mapping[str, Any]) -> Context:
     )
 
 
+def stored_document(raw: bytes) -> tuple[int, bytes] | None:
+    """The version and the §6 document of a stored state, without decoding the state
+    (None for a state of format 1)."""
+    if raw[:1] != MAGIC:
+        return None
+    _, version, length = _HEADER.unpack_from(raw)
+    start = _HEADER.size
+    return version, raw[start : start + length]
+
+
 def decode(raw: bytes) -> CustomerState:
+    if raw[:1] == MAGIC:
+        return _decode(raw)
+    # format 1: JSON, no timeline: everything is base
     stored: dict[str, Any] = orjson.loads(raw)
-    if stored.get("v") is None:  # format 1: no timeline; everything is base
-        extras = {
-            "zero_searches": stored["zero_searches"],
-            "product_viewed_at": stored["product_viewed_at"],
-        }
-        context = _context(stored["context"], extras)
-        base = context.with_triggers((), None)
-        return CustomerState(
-            context,
-            base,
-            encode_base(base),
-            (),
-            0,
-            tuple(stored["seen_ids"]),
-            _times(stored["last_fired"]),
-            _times(stored.get("fired", {})),
-        )
-    context = _context(stored["context"], stored["extras"])
+    extras = {
+        "zero_searches": stored["zero_searches"],
+        "product_viewed_at": stored["product_viewed_at"],
+    }
+    context = _context(stored["context"], extras)
+    base = context.with_triggers((), None)
+    return CustomerState(
+        context,
+        base,
+        encode_base(base),
+        (),
+        0,
+        tuple(stored["seen_ids"]),
+        _times(stored["last_fired"]),
+        _times(stored.get("fired", {})),
+    )
+
+
+def _decode(raw: bytes) -> CustomerState:
+    _, _, length = _HEADER.unpack_from(raw)
+    start = _HEADER.size
+    stored: dict[str, Any] = orjson.loads(raw[start + length :])
+    context = _context(orjson.loads(raw[start : start + length]), stored["extras"])
     stored_base = stored["base"]
     base = (
         Context(context.customer_id)
