@@ -312,6 +312,10 @@ class Soak:
             }
         )
         checks = _checks(figures, faults, steady)
+        verdict.examples["redis_versions_regressed"] = [
+            f"{customer}: {before} then {after}"
+            for customer, before, after in self.redis_watch.regressions[:5]
+        ]
         return {
             "machine": machine(),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -28,6 +28,7 @@ class RedisWatch:
     newest: dict[str, int] = field(default_factory=dict)
     regressions: list[tuple[str, int, int]] = field(default_factory=list)
     updates: int = 0
+    log: list[tuple[float, str, int]] = field(default_factory=list)  # when, who, version
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -49,7 +50,10 @@ class RedisWatch:
 
     def _seen(self, channel: bytes, data: bytes) -> None:
         customer = channel.decode().removeprefix(UPDATES_PREFIX)
+        if not customer:  # a worker's start-up check of its Redis rights (adapters/access.py)
+            return
         version = int(orjson.loads(data)["version"])
+        self.log.append((time.time(), customer, version))
         self.updates += 1
         before = self.newest.get(customer, 0)
         if version < before:
