@@ -19,7 +19,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from redis.asyncio import Redis
 
 from nextbest.adapters.projection import KEY_PREFIX
-from nextbest.adapters.table import APPLIED_KEY, FAUST_OFFSET_KEY, INTERNAL_PREFIX
+from nextbest.adapters.table import (
+    APPLIED_KEY,
+    FAUST_OFFSET_KEY,
+    INTERNAL_PREFIX,
+    OWNER_HEADER,
+    OWNER_KEY,
+)
 from nextbest.core import state as states
 from nextbest.core.engine import Engine
 from nextbest.core.envelope import Event, Rejected, parse
@@ -123,10 +129,18 @@ def restored_table(data_dir: Path) -> dict[int, dict[bytes, bytes]]:
 
 
 def changelog_latest(records: list[ConsumerRecord[bytes, bytes]]) -> dict[int, dict[bytes, bytes]]:
-    """What replaying the changelog gives: the newest value of each key (None deletes)."""
+    """What replaying the changelog gives: the newest value of each key (None deletes),
+    leaving out what a worker wrote after another claimed the partition (a zombie's)."""
     latest: defaultdict[int, dict[bytes, bytes]] = defaultdict(dict)
+    claims: dict[int, bytes] = {}
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
         if record.key is None:
+            continue
+        if record.key == OWNER_KEY and record.value is not None:
+            claims[record.partition] = record.value
+        owner = dict(record.headers or ()).get(OWNER_HEADER)
+        claim = claims.get(record.partition)
+        if owner is not None and claim is not None and owner != claim:
             continue
         if record.value is None:
             latest[record.partition].pop(record.key, None)

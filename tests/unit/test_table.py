@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nextbest.adapters.table import APPLIED_KEY, ContextTable
+from nextbest.adapters.table import APPLIED_KEY, OWNER_KEY, ContextTable
 from nextbest.core.config import EngineConfig
 from nextbest.core.context import encode_document
 from nextbest.core.envelope import DEFAULT_CHANNELS
@@ -115,3 +115,33 @@ async def test_an_active_restore_hands_each_restored_document_to_the_mirror(
         contexts.restore(tp_, changelog(tp_.partition, (0, b"c-1", value),
                                         (1, APPLIED_KEY, b"{}")))  # fmt: skip
     assert handed == [("c-1", 3, encode_document(state.context))]  # the active one only
+
+
+async def test_a_zombies_writes_after_another_workers_claim_are_not_restored(
+    parts: tuple[Any, Any, ContextTable],
+) -> None:
+    """A paused worker wakes up and finishes its batch after another worker claimed the
+    partition: its changelog records must not reach any restore."""
+    table, recovery, contexts = parts
+    active = tp(CHANGELOG, 4)
+    recovery.add_active(table, active)
+    recovery.active_offsets[active] = -1
+    recovery.active_highwaters[active] = 5
+
+    def by(owner: bytes, offset: int, key: bytes, value: bytes) -> FakeRecord:
+        return FakeRecord(CHANGELOG, 4, offset, value, key, headers=[("nextbest.owner", owner)])
+
+    records = [
+        FakeRecord(CHANGELOG, 4, 0, b"old-owner", OWNER_KEY),
+        by(b"old-owner", 1, b"c-1", b"v1"),
+        FakeRecord(CHANGELOG, 4, 2, b"new-owner", OWNER_KEY),  # another worker took over
+        by(b"old-owner", 3, b"c-1", b"zombie"),  # the old one woke up and wrote
+        by(b"new-owner", 4, b"c-2", b"v2"),
+        FakeRecord(CHANGELOG, 4, 5, b"legacy", b"c-3"),  # no owner header (0.1): kept
+    ]
+    assert contexts.restore(active, records[:4])
+    assert contexts.restore(active, records[4:])  # the claim read before is remembered
+    found = dict(stored(table, 4))
+    assert (found[b"c-1"], found[b"c-2"], found[b"c-3"]) == (b"v1", b"v2", b"legacy")
+    assert found[OWNER_KEY] == b"new-owner"
+    assert recovery.active_offsets[active] == 5  # the zombie's record read past, not applied
