@@ -230,7 +230,7 @@ def test_an_event_that_comes_after_a_deadline_lets_it_fire_first() -> None:
     state = engine.process(None, event("checkout.started", "web", minute=0), at(0)).state
     later = event("checkout.started", "mobile", minute=12)  # checkout started anew at 12
     outcome = engine.process(state, later, at(13))
-    [stalled] = outcome.deadlines
+    [stalled] = outcome.also
     assert stalled.trigger is not None
     assert (stalled.trigger.action, stalled.trigger.channel) == ("checkout_help", "web")
     assert stalled.trigger.moment == at(10)

@@ -68,7 +68,8 @@ Batch = Sequence[tuple[Any, Sequence[Record]]]  # (topic partition, its records)
 
 
 def _moment(outcome: Outcome) -> float:
-    """When a deadline's trigger was due (its latency counts from then)."""
+    """When a trigger's signal happened (a deadline, or an event's time): its latency
+    counts from then."""
     trigger = outcome.trigger
     return trigger.moment.timestamp() if trigger is not None else 0.0
 
@@ -362,8 +363,8 @@ class EventHandler:
                 metrics.late_seconds.labels(channel).observe(outcome.behind.total_seconds())
                 if outcome.beyond:
                     metrics.late.labels(channel).inc()
-            for deadline in outcome.deadlines:  # fell before the event: fired first
-                await self._emit(deadline, _moment(deadline), sends)
+            for other in outcome.also:  # deadlines before it; later events it corrected
+                await self._emit(other, _moment(other), sends)
             await self._emit(outcome, source.record.timestamp / 1000, sends)
         for outcome in expired:
             await self._emit(outcome, _moment(outcome), sends)

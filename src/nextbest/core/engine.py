@@ -18,7 +18,7 @@ from nextbest.core.context import Context
 from nextbest.core.envelope import Event
 from nextbest.core.rules import RuleSet, Suppression, decide
 from nextbest.core.signals import Signal
-from nextbest.core.state import CustomerState, record_trigger
+from nextbest.core.state import CustomerState, mark_fired, record_trigger
 from nextbest.core.timeline import Bounds, place
 from nextbest.core.timers import expire, next_wakeup
 from nextbest.core.triggers import Trigger, build
@@ -34,8 +34,10 @@ class Outcome(NamedTuple):
     ``state`` also remembers the trigger. ``behind`` and ``beyond`` say how late
     the event came (see :class:`~nextbest.core.timeline.Placement`). ``error`` is
     set (and nothing applied) when the core itself failed on the event: a bug,
-    which the worker reports instead of stopping. ``deadlines`` are the outcomes
-    of the customer's deadlines that fell before the event and fired first.
+    which the worker reports instead of stopping. ``also`` are the other
+    decisions this input brought about, each with at most its own trigger: the
+    customer's deadlines that fell before the event (fired first), and the
+    decisions of later events that a late event's correction changed.
     """
 
     state: CustomerState
@@ -47,7 +49,15 @@ class Outcome(NamedTuple):
     behind: timedelta | None = None
     beyond: bool = False
     error: Exception | None = None
-    deadlines: tuple[Outcome, ...] = ()
+    also: tuple[Outcome, ...] = ()
+
+
+def _by_cause(signals: tuple[Signal, ...]) -> list[tuple[str, tuple[Signal, ...]]]:
+    """Signals grouped by the event that raised them, in the order they came."""
+    groups: dict[str, list[Signal]] = {}
+    for signal in signals:
+        groups.setdefault(signal.caused_by or "", []).append(signal)
+    return [(cause, tuple(found)) for cause, found in groups.items()]
 
 
 class Batch(NamedTuple):
@@ -82,18 +92,30 @@ class Engine:
         before = state if state is not None else CustomerState.new(event.subject)
         if event.id in before.seen_ids:
             return Outcome(before, applied=False)
-        fired: tuple[Outcome, ...] = ()
+        also: list[Outcome] = []
         if state is not None:
-            fired = self._expire_until(before, now, event.time - _EARLIER)
-            if fired:
-                before = fired[-1].state
+            also.extend(self._expire_until(before, now, event.time - _EARLIER))
+            if also:
+                before = also[-1].state
         placed = place(before, event, now, self._bounds)
-        if not placed.signals:
-            return Outcome(
-                placed.state, True, (), None, None, (), placed.behind, placed.beyond, None, fired
-            )
-        outcome = self._decide(placed.state, placed.signals, now, placed.behind, placed.beyond)
-        return outcome._replace(deadlines=fired) if fired else outcome
+        after = placed.state
+        own: Outcome | None = None
+        # one decision per event: the late one's own, and those of later events it changed
+        for cause, signals in _by_cause(placed.signals):
+            decided = self._decide(after, signals, now)
+            after = decided.state
+            if decided.trigger is not None:
+                after = mark_fired(after, cause)
+            if cause == event.id:
+                own = decided
+            else:
+                also.append(decided)
+        if own is None:
+            own = Outcome(after, True)
+        return Outcome(
+            after, True, own.signals, own.trigger, own.snapshot, own.suppressed,
+            placed.behind, placed.beyond, None, tuple(also),
+        )  # fmt: skip
 
     def _expire_until(
         self, state: CustomerState, now: datetime, until: datetime

@@ -44,10 +44,15 @@ MAGIC = b"\xf2"
 _HEADER = struct.Struct(">cQI")
 
 
+# In a step's ``raised``: its event has had its trigger (at most one per event).
+FIRED = 1 << 30
+
+
 class Step(NamedTuple):
     """An event kept for the reorder window, the signals (bits of
-    :data:`~nextbest.core.signals.SIGNAL_BITS`) it has raised, and its stored form
-    (encoded once, when it is kept: the state is written once per batch)."""
+    :data:`~nextbest.core.signals.SIGNAL_BITS`) it has raised and whether it has had
+    its trigger (:data:`FIRED`), and its stored form (encoded once, when it is kept:
+    the state is written once per batch)."""
 
     event: Event
     raised: int
@@ -89,6 +94,14 @@ class CustomerState(NamedTuple):
 
 def is_duplicate(state: CustomerState, event: Event) -> bool:
     return event.id in state.seen_ids
+
+
+def mark_fired(state: CustomerState, event_id: str) -> CustomerState:
+    """Remember that the kept event ``event_id`` has had its trigger."""
+    recent = tuple(
+        s._replace(raised=s.raised | FIRED) if s.event.id == event_id else s for s in state.recent
+    )
+    return state._replace(recent=recent)
 
 
 def record_trigger(state: CustomerState, record: TriggerRecord, moment: datetime) -> CustomerState:
