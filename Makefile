@@ -75,8 +75,11 @@ $(BENCH_STAMP): pyproject.toml
 bench: $(BENCH_STAMP) ## floor vs nextbest vs Quix Streams, side by side (~30 min; BENCH_ARGS=--quick)
 	$(BENCH_VENV)/bin/python -m bench.compare $(BENCH_ARGS)
 
-bench-cost: $(STAMP) ## what faust's per-record path costs here (~3 min)
+bench-cost: $(STAMP) ## what faust's per-record path costs here, beside nextbest's batch path (~3 min)
 	$(BIN)/python -m bench.faust_cost
+
+soak: $(STAMP) ## load + faults + the oracle's verdict (SOAK_MINUTES, default 10); bench/results/soak.md
+	$(BIN)/python -m bench.soak
 
 clean: ## remove the virtualenv, caches and local service data
 	-$(BIN)/nextbest dev down 2>/dev/null

@@ -50,6 +50,7 @@ from nextbest.api.contexts import RedisContexts
 from nextbest.api.widget_tokens import WidgetTokenError, widget_tokens_from
 from nextbest.core.config import EngineConfig
 from nextbest.core.engine import Engine
+from nextbest.core.identity import profile_id_of
 from nextbest.core.rules import RulesError, RuleSet, load_rules
 from nextbest.core.schedule import DueIndex
 from nextbest.failures import log_failure
@@ -213,6 +214,10 @@ def build_worker(settings: Settings) -> Worker:
         names.changelog,
         app.producer,
         lambda: app.tables.recovery,  # type: ignore[attr-defined]
+        # a profile without customer id is stored under \x01<type>:<id>: Redis names it <type>:<id>
+        on_restored=lambda key, version, document: mirror.submit(
+            profile_id_of(key), version, document
+        ),
     )
     handler = EventHandler(
         engine=engine,

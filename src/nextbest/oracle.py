@@ -141,13 +141,16 @@ def judge_triggers(
 ) -> TriggerJudgement:
     """``delivered``: every trigger record read from the trigger topics (the CloudEvents).
 
-    An expected trigger that was not delivered counts as *replaced* when a
-    delivered one sent the same action to the same customer for a moment within
-    ``cooldown`` of its own (the moment of a delivered trigger: the time of the
-    event it names in ``caused_by``, from ``event_times``, else when it was
-    decided); otherwise it is *missing*.
+    An expected trigger that was not delivered counts as *replaced* when the
+    arrival order legitimately decided otherwise: a delivered trigger names the
+    same cause (that event had had its one trigger before a late event changed
+    what it would decide), or sent the same action to the same customer for a
+    moment within ``cooldown`` of its own (the moment of a delivered trigger:
+    the time of the event it names in ``caused_by``, from ``event_times``, else
+    when it was decided). Otherwise it is *missing*.
     """
     counts = Counter(str(record["id"]) for record in delivered)
+    causes = {r["data"].get("caused_by") for r in delivered} - {None}
     sent: defaultdict[tuple[str, str], list[datetime]] = defaultdict(list)
     for record in delivered:
         cause = record["data"].get("caused_by")
@@ -166,7 +169,9 @@ def judge_triggers(
         if trigger_id in counts:
             continue
         moments = sent.get((trigger.subject, trigger.action), ())
-        if any(abs(moment - trigger.moment) < cooldown for moment in moments):
+        if trigger.caused_by in causes or any(
+            abs(moment - trigger.moment) < cooldown for moment in moments
+        ):
             judgement.replaced.append(trigger_id)
         else:
             judgement.missing.append(trigger_id)

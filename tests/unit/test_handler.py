@@ -16,7 +16,13 @@ from redis.asyncio import Redis
 from nextbest.adapters.cache import StateCache
 from nextbest.adapters.projection import RedisMirror
 from nextbest.adapters.stream import EventHandler
-from nextbest.adapters.table import APPLIED_KEY, FAUST_OFFSET_KEY, ContextTable
+from nextbest.adapters.table import (
+    APPLIED_KEY,
+    FAUST_OFFSET_KEY,
+    OWNER_HEADER,
+    OWNER_KEY,
+    ContextTable,
+)
 from nextbest.adapters.topics import TopicNames, partition_for
 from nextbest.core.config import EngineConfig
 from nextbest.core.engine import Engine
@@ -159,17 +165,26 @@ async def test_a_batch_stores_each_changed_customer_once_with_its_applied_offset
     await handle(h, first, second, record("chat", "chat.started", id_="e-3"))
     await handle(h, record("web", "session.started", c2, id_="e-2"))
     changelog = h.sent_to(NAMES.changelog)
-    # per batch: one record per changed customer, then the partition's applied offsets
-    assert [s.key for s in changelog] == [b"c-1", APPLIED_KEY, c2.encode(), APPLIED_KEY]
-    assert decode(changelog[0].value).context.version == 2
+    # a claim before a partition's first write; per batch, one record per changed
+    # customer, then the partition's applied offsets
+    assert [s.key for s in changelog] == [
+        OWNER_KEY,
+        b"c-1",
+        APPLIED_KEY,
+        OWNER_KEY,
+        c2.encode(),
+        APPLIED_KEY,
+    ]
+    assert decode(changelog[1].value).context.version == 2
     assert h.state().context.version == 2
-    applied = orjson.loads(changelog[1].value)
+    assert dict(changelog[1].headers)[OWNER_HEADER] == changelog[0].value
+    applied = orjson.loads(changelog[2].value)
     assert applied == {"events.web": first.offset + 1, "events.chat": second.offset + 2}
     db = h.table.data._db_for_partition(HOME)
     assert orjson.loads(db.get(APPLIED_KEY)) == applied
     # faust resumes a restore after the last changelog record this write holds
-    assert db.get(FAUST_OFFSET_KEY) == b"1"
-    assert h.table.data.persisted_offset(tp(NAMES.changelog, HOME)) == 1
+    assert db.get(FAUST_OFFSET_KEY) == b"2"
+    assert h.table.data.persisted_offset(tp(NAMES.changelog, HOME)) == 2
     [switch] = h.sent_to("triggers.chat")
     assert orjson.loads(switch.value)["data"]["signal"] == "channel_switch"
 
@@ -184,8 +199,24 @@ async def test_records_the_states_already_hold_are_skipped(h: Harness) -> None:
     h.handler.forget_states()  # a restart: nothing in memory
     await handle(h, *records)
     assert h.state().context.version == 2
-    assert [s.topic for s in h.producer.sent[sent:]] == [NAMES.changelog]  # the offsets only
+    assert h.producer.sent[sent:] == []  # no trigger again, nothing new to store
     assert sample(h.metrics, "nextbest_records_skipped_total") == 2
+
+
+async def test_batches_that_change_nothing_store_their_offsets_only_now_and_then(
+    h: Harness,
+) -> None:
+    """Ticks and repeats change no state: their offsets are stored with the next change,
+    or once UNRECORDED_MAX of them went by (reading them again is harmless)."""
+    from nextbest.adapters.stream import UNRECORDED_MAX
+
+    for offset in range(UNRECORDED_MAX - 1):
+        await h.handler.handle(HOME, batch_of(FakeRecord(NAMES.ticks, HOME, offset, b"")))
+    assert h.sent_to(NAMES.changelog) == []
+    await h.handler.handle(HOME, batch_of(FakeRecord(NAMES.ticks, HOME, UNRECORDED_MAX - 1, b"")))
+    [claim, stored] = h.sent_to(NAMES.changelog)
+    assert claim.key == OWNER_KEY
+    assert orjson.loads(stored.value) == {NAMES.ticks: UNRECORDED_MAX}
 
 
 async def test_nothing_is_stored_until_every_output_is_acknowledged(h: Harness) -> None:

@@ -180,8 +180,19 @@ def test_no_secret_is_an_environment_variable(scenario: str) -> None:
         for workload in by_kind(scenario, kind):
             for container in workload["spec"]["template"]["spec"]["containers"]:
                 for item in container["env"]:
-                    assert "valueFrom" not in item, item
+                    assert "secretKeyRef" not in item.get("valueFrom", {}), item
     assert "Secret" not in {d["kind"] for d in documents(scenario)}
+
+
+def test_each_worker_pod_is_a_static_member_that_stops_within_its_grace() -> None:
+    [workers] = by_kind("default", "StatefulSet")
+    pod = workers["spec"]["template"]["spec"]
+    env = {item["name"]: item for item in pod["containers"][0]["env"]}
+    assert env["NEXTBEST_KAFKA_GROUP_INSTANCE_ID"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.name"}  # stable across a pod's restarts
+    }
+    grace = pod["terminationGracePeriodSeconds"]
+    assert env["NEXTBEST_SHUTDOWN_TIMEOUT"]["value"] == f"{grace - 10}s"
 
 
 def test_credentials_are_files_from_existing_secrets() -> None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nextbest.adapters.table import APPLIED_KEY, ContextTable
+from nextbest.adapters.table import APPLIED_KEY, OWNER_KEY, ContextTable
+from nextbest.core.config import EngineConfig
+from nextbest.core.context import encode_document
+from nextbest.core.envelope import DEFAULT_CHANNELS
 from tests.unit.fakes import FakeProducer, FakeRecord, faust_table, stored, tp
+
+RULES = resources.files("nextbest").joinpath("default_rules.toml").read_text()
+NOW = __import__("tests.unit.events", fromlist=["at"]).at(10)
 
 CHANGELOG = "nextbest-test-contexts-changelog"
 
@@ -76,3 +83,65 @@ async def test_standbys_are_restored_and_other_partitions_are_refused(
     assert recovery.tables.standbys_ready
     assert not contexts.restore(tp(CHANGELOG, 6), changelog(6, (0, b"c-8", b"v")))
     assert dict(stored(table, 6)) == {}
+
+
+async def test_an_active_restore_hands_each_restored_document_to_the_mirror(
+    tmp_path: Path,
+) -> None:
+    """A worker may die between writing a state and mirroring it: whoever restores the
+    partition hands the documents over again (Redis skips the ones it has)."""
+    from nextbest.core.state import CustomerState, encode
+    from tests.unit.events import event
+
+    app, table = faust_table(tmp_path)
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
+    handed: list[tuple[str, int, bytes]] = []
+    contexts = ContextTable(
+        table, CHANGELOG, FakeProducer(), lambda: recovery,
+        on_restored=lambda *found: handed.append(found),
+    )  # fmt: skip
+    from nextbest.core.engine import Engine
+    from nextbest.core.rules import load_rules
+
+    state = CustomerState.new("c-1")
+    engine = Engine(EngineConfig(), load_rules(RULES, channels=DEFAULT_CHANNELS))
+    for minute in range(3):
+        state = engine.process(state, event("session.started", minute=minute), NOW).state
+    value = encode(state)
+    active, standby = tp(CHANGELOG, 1), tp(CHANGELOG, 2)
+    recovery.add_active(table, active)
+    recovery.add_standby(table, standby)
+    for tp_ in (active, standby):
+        contexts.restore(tp_, changelog(tp_.partition, (0, b"c-1", value),
+                                        (1, APPLIED_KEY, b"{}")))  # fmt: skip
+    assert handed == [("c-1", 3, encode_document(state.context))]  # the active one only
+
+
+async def test_a_zombies_writes_after_another_workers_claim_are_not_restored(
+    parts: tuple[Any, Any, ContextTable],
+) -> None:
+    """A paused worker wakes up and finishes its batch after another worker claimed the
+    partition: its changelog records must not reach any restore."""
+    table, recovery, contexts = parts
+    active = tp(CHANGELOG, 4)
+    recovery.add_active(table, active)
+    recovery.active_offsets[active] = -1
+    recovery.active_highwaters[active] = 5
+
+    def by(owner: bytes, offset: int, key: bytes, value: bytes) -> FakeRecord:
+        return FakeRecord(CHANGELOG, 4, offset, value, key, headers=[("nextbest.owner", owner)])
+
+    records = [
+        FakeRecord(CHANGELOG, 4, 0, b"old-owner", OWNER_KEY),
+        by(b"old-owner", 1, b"c-1", b"v1"),
+        FakeRecord(CHANGELOG, 4, 2, b"new-owner", OWNER_KEY),  # another worker took over
+        by(b"old-owner", 3, b"c-1", b"zombie"),  # the old one woke up and wrote
+        by(b"new-owner", 4, b"c-2", b"v2"),
+        FakeRecord(CHANGELOG, 4, 5, b"legacy", b"c-3"),  # no owner header (0.1): kept
+    ]
+    assert contexts.restore(active, records[:4])
+    assert contexts.restore(active, records[4:])  # the claim read before is remembered
+    found = dict(stored(table, 4))
+    assert (found[b"c-1"], found[b"c-2"], found[b"c-3"]) == (b"v1", b"v2", b"legacy")
+    assert found[OWNER_KEY] == b"new-owner"
+    assert recovery.active_offsets[active] == 5  # the zombie's record read past, not applied

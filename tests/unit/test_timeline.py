@@ -7,6 +7,7 @@ import itertools
 from dataclasses import replace
 from datetime import timedelta
 from importlib import resources
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -86,19 +87,40 @@ REVERSED = [
 ]  # fmt: skip
 
 
+def triggers_of(outcome: Any) -> list[Any]:
+    """Every trigger one input brought about: its own, and the decisions it changed."""
+    return [o.trigger for o in (*outcome.also, outcome) if o.trigger is not None]
+
+
 @pytest.mark.parametrize(("first", "second", "action"), REVERSED)
 def test_a_reversed_pair_fires_what_the_time_order_fires(
     first: Event, second: Event, action: str
 ) -> None:
     late_state = ENGINE.process(None, second, second.time).state
     outcome = ENGINE.process(late_state, first, second.time + timedelta(seconds=30))
-    assert outcome.trigger is not None
-    assert outcome.trigger.action == action
-    assert outcome.trigger.caused_by == second.id  # the signal belongs to the later event
+    [trigger] = triggers_of(outcome)
+    assert trigger.action == action
+    assert trigger.caused_by == second.id  # the signal belongs to the later event
     assert outcome.behind == second.time - first.time
     in_order = ENGINE.process(ENGINE.process(None, first, first.time).state, second, second.time)
     assert in_order.trigger is not None
-    assert outcome.trigger.id == in_order.trigger.id  # the same trigger, whichever order
+    assert trigger.id == in_order.trigger.id  # the same trigger, whichever order
+
+
+def test_a_switch_decided_before_the_cart_arrived_is_decided_again() -> None:
+    """web session, web cart add, mobile session (a switch with a cart: resume_cart);
+    the cart add arrives last: the switch was decided without a cart, and the late
+    cart changes that decision."""
+    session = event("session.started", "web", minute=0, id_="a")
+    cart = event("cart.item_added", "web", minute=1, data=ADD, id_="b")
+    switch = event("session.started", "mobile", minute=2, id_="c")
+    state = ENGINE.process(ENGINE.process(None, session, at(0)).state, switch, at(2)).state
+    outcome = ENGINE.process(state, cart, at(2.5))
+    [trigger] = triggers_of(outcome)
+    assert (trigger.action, trigger.caused_by) == ("resume_cart", "c")
+    again = ENGINE.process(outcome.state, event("page.viewed", "web", minute=1.5,
+                                                 data={"page_type": "home"}), at(3))  # fmt: skip
+    assert triggers_of(again) == []  # the switch has had its trigger: never twice
 
 
 def test_an_add_and_a_remove_across_channels_in_the_wrong_order_empty_the_cart() -> None:
@@ -137,16 +159,18 @@ def test_an_event_in_order_is_never_held_back() -> None:
     assert placed.state.context.current_channel == "contact-center"
 
 
-def test_a_late_event_between_a_switch_adds_no_second_switch() -> None:
-    """web at 0, store at 2 (a switch); web at 1 arrives late: the switch stays the
-    store event's, raised once."""
+def test_a_late_event_between_a_switch_adds_no_second_trigger() -> None:
+    """web at 0, store at 2 (a switch: associate_assist); web at 1 arrives late: the
+    switch stays the store event's, which has had its trigger."""
     first = event("product.viewed", "web", minute=0, data={"sku": "A1"}, id_="a")
     third = event("store.visited", "store", minute=2, data={"store_id": "s1"}, id_="c")
     second = event("page.viewed", "web", minute=1, data={"page_type": "home"}, id_="b")
-    state = arrive(first, third)
-    placed = place(state, second, NOW, BOUNDS)
-    assert placed.signals == ()
-    assert placed.state.context == in_time_order(first, second, third).context
+    state = ENGINE.process(ENGINE.process(None, first, at(0)).state, third, at(2))
+    assert [t.action for t in triggers_of(state)] == ["associate_assist"]
+    outcome = ENGINE.process(state.state, second, at(2.5))
+    assert triggers_of(outcome) == []
+    expected = in_time_order(first, second, third).context
+    assert replace(outcome.state.context, updated_at=NOW, last_triggers=()) == expected
 
 
 def test_kept_events_are_bounded_by_count_and_bytes() -> None:
@@ -236,21 +260,55 @@ def test_any_arrival_order_gives_the_time_order_context(
 def test_signals_come_only_from_a_time_ordered_timeline_and_all_of_its_signals_come(
     journey: tuple[list[Event], list[Event]],
 ) -> None:
-    """Each arrival raises only signals of the time-ordered fold of the events known
-    so far (never one no time order has), each signal is raised once, and by the end
-    every signal of the full time order has been raised."""
+    """Each arrival decides only signals of the time-ordered fold of the events known
+    so far (never one no time order has), and by the end every signal of the full
+    time order has been decided."""
     ordered, arrival = journey
     state = CustomerState.new("c-1")
-    raised: list[tuple[SignalName, str | None]] = []
+    decided: set[tuple[SignalName, str | None]] = set()
     for count, item in enumerate(arrival, start=1):
         placed = place(state, item, NOW, BOUNDS)
         state = placed.state
         known = signals_of(in_time_order(*arrival[:count]))
-        now_raised = [(s.name, s.caused_by) for s in placed.signals]
-        assert set(now_raised) <= known
-        raised += now_raised
-    assert len(raised) == len(set(raised))
-    assert signals_of(in_time_order(*ordered)) <= set(raised)
+        now_decided = {(s.name, s.caused_by) for s in placed.signals}
+        assert now_decided <= known
+        decided |= now_decided
+    assert signals_of(in_time_order(*ordered)) <= decided
+
+
+@settings(max_examples=300)
+@given(shuffled_journeys())
+def test_any_arrival_order_fires_the_time_orders_triggers_or_the_same_action_close_by(
+    journey: tuple[list[Event], list[Event]],
+) -> None:
+    """What the time order fires, any arrival order fires too — unless the arrival
+    order had already given that event its one trigger (nothing is taken back), or
+    the cooldown made the two orders pick a different event for one action (then
+    that action went out close by); and at most one trigger per event."""
+    ordered, arrival = journey
+
+    def fired(events: list[Event]) -> list[Any]:
+        state: CustomerState | None = None
+        found: list[Any] = []
+        for item in events:
+            outcome = ENGINE.process(state, item, NOW)
+            state = outcome.state
+            found += triggers_of(outcome)
+        return found
+
+    want, got = fired(ordered), fired(arrival)
+    assert len({t.caused_by for t in got}) == len(got)  # one trigger per event at most
+    cooldown = ENGINE.config.trigger_cooldown
+    causes = {t.caused_by for t in got}
+    for trigger in want:
+        assert (
+            trigger.id in {t.id for t in got}
+            or trigger.caused_by in causes
+            or any(
+                t.action == trigger.action and abs(t.moment - trigger.moment) < cooldown
+                for t in got
+            )
+        ), trigger
 
 
 @settings(max_examples=200)

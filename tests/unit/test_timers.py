@@ -221,3 +221,29 @@ def test_pending_counts_only_the_partitions_asked_for() -> None:
     assert index.pending([3]) == 1
     assert index.pending([]) == 0
     assert len(index) == 3
+
+
+def test_an_event_that_comes_after_a_deadline_lets_it_fire_first() -> None:
+    """After an outage the backlog arrives together: a checkout that stalled before the
+    customer's next event stalled all the same, though that event is applied first."""
+    engine = Engine(CONFIG, RULES)
+    state = engine.process(None, event("checkout.started", "web", minute=0), at(0)).state
+    later = event("checkout.started", "mobile", minute=12)  # checkout started anew at 12
+    outcome = engine.process(state, later, at(13))
+    [stalled] = outcome.also
+    assert stalled.trigger is not None
+    assert (stalled.trigger.action, stalled.trigger.channel) == ("checkout_help", "web")
+    assert stalled.trigger.moment == at(10)
+    assert outcome.state.fired["checkout_stalled"] == at(10)
+    assert engine.next_wakeup(outcome.state) == at(22)  # the new checkout's deadline
+
+
+def test_a_tick_fires_only_deadlines_up_to_the_watermark() -> None:
+    engine = Engine(CONFIG, RULES)
+    state = engine.process(None, event("checkout.started", "web", minute=0), at(0)).state
+    batch = engine.expire_batch({"c-1": state}, at(12), until=at(5))
+    assert batch.outcomes == []
+    batch = engine.expire_batch({"c-1": state}, at(12), until=at(10))
+    [fired] = batch.outcomes
+    assert fired.trigger is not None
+    assert fired.trigger.moment == at(10)

@@ -270,7 +270,22 @@ class BatchConsumer(driver.Consumer):
 
 
 class ConsumerThread(driver.AIOKafkaConsumerThread):
-    """faust's thread running the aiokafka consumer; a static member leaves on close."""
+    """faust's thread running the aiokafka consumer: it reads committed records only, and a
+    static member leaves the group on close.
+
+    ``read_committed``: a producer's aborted transaction never reaches a customer's
+    context (faust reads them too unless it runs its own transactions). The end of
+    a partition is then its last stable offset, which ``highwater`` gives.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"  # read by the fetcher it starts
+        return consumer
+
+    def highwater(self, tp: TP) -> int:
+        offset: int = self._ensure_consumer().last_stable_offset(tp)
+        return offset
 
     async def on_start(self) -> None:
         await super().on_start()

@@ -462,10 +462,10 @@ class Desk:
         work.sends.append(
             await self.send(target_home, "absorb", {
                 "s": seq, "to": target, "n": command["n"], "from": key,
-                "parts": {k: orjson.Fragment(states.encode(p)) for k, p in shipment.parts.items()},
+                "parts": {k: orjson.Fragment(states.to_json(p)) for k, p in shipment.parts.items()},
                 "ids": [_identity(i) for i in shipment.identities],
                 "whole": None if shipment.whole is None
-                else orjson.Fragment(states.encode(shipment.whole)),
+                else orjson.Fragment(states.to_json(shipment.whole)),
             })
         )  # fmt: skip
         place = Place(target, target_home, seq)
@@ -549,8 +549,8 @@ class Desk:
         seq: int = command["s"]
         key: str = command["to"]
         source: str = command["from"]
-        parts = {k: states.decode(orjson.dumps(v)) for k, v in command["parts"].items()}
-        whole = None if command["whole"] is None else states.decode(orjson.dumps(command["whole"]))
+        parts = {k: states.from_json(v) for k, v in command["parts"].items()}
+        whole = None if command["whole"] is None else states.from_json(command["whole"])
         identities = tuple(_identity_of(item) for item in command["ids"])
         shipment = profile.Shipment(parts, identities, whole)
         state = work.state(key)

@@ -48,10 +48,15 @@ IDENTITY_PREFIX = "nextbest:identity:"  # contract §10: <type>:<id> -> profile 
 log = logging.getLogger(__name__)
 
 # KEYS[1] the context key; ARGV: document, its version, TTL in ms, updates channel,
-# "1" to write whatever Redis holds (the key was deleted since: a profile that left and
-# came back). Returns 1 when written (and published), 0 when Redis holds a newer version.
+# "1" to write whatever version Redis holds (the key was deleted since: a profile that
+# left and came back). Returns 1 when written (and published), 0 when Redis already
+# holds this very document (a restore hands every restored document over again) or,
+# unless forced, a newer version.
 WRITE_IF_NOT_OLDER = """
 local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  return 0
+end
 if current and ARGV[5] ~= '1' then
   local ok, stored = pcall(cjson.decode, current)
   if ok and type(stored) == 'table' then

@@ -85,8 +85,11 @@ def lag_updater(
 ) -> Work:
     async def update_lag() -> None:
         committed = app.monitor.tp_committed_offsets
+        changelogs = app.tables.changelog_topics  # restored, not consumed: no lag to speak of
         metrics.consumer_lag.clear()  # partitions move: report only the ones owned now
         for tp in app.consumer.assignment():
+            if tp.topic in changelogs:
+                continue
             end = app.consumer.highwater(tp)
             if end is None:  # not fetched yet after an assignment
                 continue

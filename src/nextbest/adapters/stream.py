@@ -74,11 +74,23 @@ log = logging.getLogger(__name__)
 # a stored state that cannot be decoded (see EventHandler._load)
 _UNREADABLE: Any = CustomerState.new("\x00unreadable")
 
+# Records a partition may handle without a state change before their offsets are
+# stored anyway: ticks and repeats change nothing, and reading them again after a
+# crash is harmless, but never more than this many.
+UNRECORDED_MAX = 1000
+
 CHANNEL_HEADER = "nextbest.channel"
 ORIGIN_HEADERS = ("nextbest.origin.topic", "nextbest.origin.partition", "nextbest.origin.offset")
 
 Clock = Callable[[], datetime]
 Batch = Sequence[tuple[Any, Sequence[Record]]]  # (topic partition, its records)
+
+
+def _moment(outcome: Outcome) -> float:
+    """When a trigger's signal happened (a deadline, or an event's time): its latency
+    counts from then."""
+    trigger = outcome.trigger
+    return trigger.moment.timestamp() if trigger is not None else 0.0
 
 
 def _headers(record: Record) -> list[tuple[str, bytes]]:
@@ -249,7 +261,7 @@ class EventHandler:
                 self._desk.expire(work, entries)
                 due = [key for key in due if not key.startswith(b"\x00")]
             try:
-                expired = self._expire(partition, due, changed, now)
+                expired = self._expire(partition, due, changed, now, until)
             except Exception:
                 self._reschedule(partition, due, changed)
                 raise
@@ -371,7 +383,12 @@ class EventHandler:
         return kept
 
     def _expire(
-        self, partition: int, due: list[bytes], changed: dict[str, CustomerState], now: datetime
+        self,
+        partition: int,
+        due: list[bytes],
+        changed: dict[str, CustomerState],
+        now: datetime,
+        until: datetime,
     ) -> list[Outcome]:
         if not due:
             return []
@@ -384,7 +401,7 @@ class EventHandler:
         for subject in subjects:
             if subject in changed:
                 current[subject] = changed[subject]
-        result = self._engine.expire_batch(current, now)
+        result = self._engine.expire_batch(current, now, until)
         changed.update(result.states)
         for subject, state in current.items():
             if subject not in result.states:  # nothing was due after all: look again later
@@ -431,13 +448,15 @@ class EventHandler:
                 metrics.late_seconds.labels(channel).observe(outcome.behind.total_seconds())
                 if outcome.beyond:
                     metrics.late.labels(channel).inc()
+            for other in outcome.also:  # deadlines before it; later events it corrected
+                await self._emit(other, _moment(other), sends)
             await self._emit(outcome, source.record.timestamp / 1000, sends)
         for outcome, since in work.outcomes:  # merges: what the combined timeline revealed
+            for other in outcome.also:
+                await self._emit(other, since, sends)
             await self._emit(outcome, since, sends)
         for outcome in expired:
-            trigger = outcome.trigger
-            since = trigger.moment.timestamp() if trigger is not None else 0.0
-            await self._emit(outcome, since, sends)
+            await self._emit(outcome, _moment(outcome), sends)
         documents: dict[str, bytes] = {}
         changes: dict[bytes, bytes | None] = dict(work.puts)
         for subject, state in changed.items():
@@ -446,9 +465,14 @@ class EventHandler:
             changes[subject.encode()] = states.encode(state, document)
         for subject in work.removed:
             changes[subject.encode()] = None  # a tombstone in the changelog too
-        sends.extend(await self._table.stage(partition, changes, next_applied))
-        acks = await asyncio.gather(*sends)
-        self._table.write(partition, changes, next_applied, acks[-1].offset)
+        applied = self._table.applied(partition)
+        unrecorded = sum(n - applied.get(topic, 0) for topic, n in next_applied.items())
+        if changes or unrecorded >= UNRECORDED_MAX:
+            sends.extend(await self._table.stage(partition, changes, next_applied))
+            acks = await asyncio.gather(*sends)
+            self._table.write(partition, changes, next_applied, acks[-1].offset)
+        elif sends:  # ticks, repeats, dead letters, forwards: nothing to store, yet
+            await asyncio.gather(*sends)
         applied_at = time.time()
         cache, index, engine, desk = self._cache, self._index, self._engine, self._desk
         for subject in work.removed:
@@ -475,7 +499,7 @@ class EventHandler:
         desk.mirror(work)
 
     async def _emit(self, outcome: Outcome, since: float, sends: list[Awaitable[Any]]) -> None:
-        """Count the suppressions; send the trigger, if any."""
+        """Count the suppressions; send the trigger, if any (its latency from ``since``)."""
         metrics = self._metrics
         for action, reason in outcome.suppressed:
             metrics.suppressed.labels(action, reason.value).inc()

@@ -15,27 +15,45 @@ at a time:
   data it describes, and the applied offsets never ahead of the states;
 * :meth:`ContextTable.restore` applies fetched changelog records to RocksDB
   in one ``WriteBatch`` per fetch, for an active partition being recovered and
-  for a standby alike, and tells faust's recovery how far it got.
+  for a standby alike, and tells faust's recovery how far it got. The
+  documents an active partition restores are handed to ``on_restored`` (the
+  Redis mirror): a worker that died after writing a state and before mirroring
+  it leaves Redis behind, and nothing else would bring it up to date before the
+  customer's next event.
 
 The applied source offsets (``APPLIED_KEY``: topic -> next offset to apply, for
 the partition's events topics, rekey and ticks) travel with the states, in the
 same write and the same changelog: after a crash, whoever owns the partition
 next skips the records its states already hold.
+
+**Zombies.** A worker that stops answering (a long pause, a frozen VM) loses its
+partitions to another, then may wake up and finish the batch it was in the
+middle of, writing the changelog of a partition it no longer owns. So a worker
+*claims* a partition before its first write (``OWNER_KEY``: a fresh token, in the
+changelog and in RocksDB) and stamps every changelog record with its token; a
+restore, a standby's included, skips the records of any token but the latest
+claim's. The live owner never reads its own changelog, so a zombie can only
+ever reach a restore — and is fenced there.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
 import rocksdict
 
+from nextbest.core.state import stored_document
+
 log = logging.getLogger(__name__)
 
 APPLIED_KEY = b"\x00nextbest:applied"  # customer ids never hold control characters
+OWNER_KEY = b"\x00nextbest:owner"  # the token of the partition's latest claim
+OWNER_HEADER = "nextbest.owner"
 INTERNAL_PREFIX = b"\x00"
 FAUST_OFFSET_KEY = b"__faust\x00offset__"  # faust's persisted changelog offset
 
@@ -81,12 +99,16 @@ class ContextTable:
         changelog: str,
         producer: Sender,
         recovery: Callable[[], Any] = lambda: None,
+        on_restored: Callable[[str, int, bytes], None] | None = None,
     ) -> None:
         self._table = table
         self.changelog = changelog
         self._producer = producer
         self._recovery = recovery
+        self._on_restored = on_restored  # (customer id, version, document)
         self._applied: dict[int, dict[str, int]] = {}
+        self._claims: dict[int, bytes] = {}  # this worker's token, per partition it wrote
+        self._fences: dict[Any, bytes | None] = {}  # the latest claim seen, per restored tp
 
     def _db(self, partition: int) -> Any:
         return self._table.data._db_for_partition(partition)
@@ -119,22 +141,42 @@ class ContextTable:
             yield key, value
 
     def forget(self) -> None:
-        """Partitions moved: read the applied offsets from RocksDB again."""
+        """Partitions moved: read the applied offsets again, and claim before writing."""
         self._applied.clear()
+        self._claims.clear()
+        self._fences.clear()
 
     # --- writing a batch -------------------------------------------------------------
+
+    async def claim(self, partition: int) -> bytes:
+        """Make this worker the writer of ``partition``'s changelog (see "Zombies")."""
+        token = self._claims.get(partition)
+        if token is not None:
+            return token
+        token = uuid.uuid4().hex.encode()
+        sent = await self._producer.send(self.changelog, OWNER_KEY, token, partition, None, None)
+        acked = await sent
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch.put(OWNER_KEY, token)
+        batch.put(FAUST_OFFSET_KEY, str(acked.offset).encode())
+        self._db(partition).write(batch)
+        self._claims[partition] = token
+        return token
 
     async def stage(
         self, partition: int, changes: Mapping[bytes, bytes | None], applied: Mapping[str, int]
     ) -> list[Awaitable[Any]]:
         """Send ``changes`` (None: a tombstone) and ``applied`` to the changelog; the
         applied offsets go last."""
+        headers = [(OWNER_HEADER, await self.claim(partition))]
         send = self._producer.send
         topic = self.changelog
         pending = [
-            await send(topic, key, value, partition, None, None) for key, value in changes.items()
+            await send(topic, key, value, partition, None, headers)
+            for key, value in changes.items()
         ]
-        pending.append(await send(topic, APPLIED_KEY, orjson.dumps(applied), partition, None, None))
+        applied_record = orjson.dumps(applied)
+        pending.append(await send(topic, APPLIED_KEY, applied_record, partition, None, headers))
         return pending
 
     def write(
@@ -163,30 +205,52 @@ class ContextTable:
         """Apply fetched changelog records of ``tp`` (an active partition being recovered,
         or a standby); False when the partition is neither, and nothing was written."""
         recovery = self._recovery()
+        restored = self._on_restored
         if tp in recovery.active_tps:
             offsets = recovery.active_offsets
             received = recovery._active_events_received_at
         elif tp in recovery.standby_tps:
             offsets = recovery.standby_offsets
             received = recovery._standby_events_received_at
+            restored = None  # another worker owns it, and mirrors it
         else:
             return False
         seen = offsets.get(tp)
+        fence = self._fence(tp)
         batch = rocksdict.WriteBatch(raw_mode=True)
         last = -1
+        skipped = 0
         for record in records:
             if seen is not None and record.offset <= seen:
                 continue  # read again after a seek
+            last = record.offset
             key = record.key
             if key is None:
+                continue
+            if key == OWNER_KEY:
+                fence = record.value
+            elif fence is not None and _owner(record) not in (None, fence):
+                skipped += 1  # a zombie's write, after another worker claimed the partition
                 continue
             if record.value is None:
                 batch.delete(key)
             else:
                 batch.put(key, record.value)
-            last = record.offset
+                if restored is not None and not key.startswith(INTERNAL_PREFIX):
+                    found = stored_document(record.value)
+                    if found is not None:
+                        restored(key.decode(), *found)
         if last < 0:
             return True
+        self._fences[tp] = fence
+        if skipped:
+            log.warning(
+                "skipped %d changelog records of %s[%d] written after another worker "
+                "claimed it (a paused worker that woke up)",
+                skipped,
+                tp.topic,
+                tp.partition,
+            )
         batch.put(FAUST_OFFSET_KEY, str(last).encode())
         self._db(tp.partition).write(batch)
         self._applied.pop(tp.partition, None)
@@ -194,6 +258,13 @@ class ContextTable:
         received[tp] = time.monotonic()
         self._maybe_end_recovery()
         return True
+
+    def _fence(self, tp: Any) -> bytes | None:
+        """The token of ``tp``'s latest claim, as far as this restore has read."""
+        if tp not in self._fences:
+            token: bytes | None = self._db(tp.partition).get(OWNER_KEY)
+            self._fences[tp] = token
+        return self._fences[tp]
 
     def _maybe_end_recovery(self) -> None:
         """What faust's own restore loop does after each record, once per batch here."""
@@ -205,3 +276,10 @@ class ContextTable:
         tables = recovery.tables
         if not tables.standbys_ready and not recovery.standby_remaining_total():
             tables.on_standbys_ready()
+
+
+def _owner(record: Record) -> bytes | None:
+    for name, value in record.headers or ():
+        if name == OWNER_HEADER:
+            return bytes(value)
+    return None

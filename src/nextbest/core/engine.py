@@ -20,10 +20,12 @@ from nextbest.core.envelope import Event
 from nextbest.core.identity import CUSTOMER, Identifier
 from nextbest.core.rules import RuleSet, Suppression, decide
 from nextbest.core.signals import Signal
-from nextbest.core.state import CustomerState, record_trigger
+from nextbest.core.state import CustomerState, mark_fired, record_trigger
 from nextbest.core.timeline import Bounds, place
 from nextbest.core.timers import expire, next_wakeup
 from nextbest.core.triggers import Trigger, build
+
+_EARLIER = timedelta(microseconds=1)
 
 
 class Outcome(NamedTuple):
@@ -33,7 +35,10 @@ class Outcome(NamedTuple):
     ``state`` also remembers the trigger. ``behind`` and ``beyond`` say how late
     the event came (see :class:`~nextbest.core.timeline.Placement`). ``error`` is
     set (and nothing applied) when the core itself failed on the event: a bug,
-    which the worker reports instead of stopping.
+    which the worker reports instead of stopping. ``also`` are the other
+    decisions this input brought about, each with at most its own trigger: the
+    customer's deadlines that fell before the event (fired first), and the
+    decisions of later events that a late event's correction changed.
     """
 
     state: CustomerState
@@ -45,6 +50,15 @@ class Outcome(NamedTuple):
     behind: timedelta | None = None
     beyond: bool = False
     error: Exception | None = None
+    also: tuple[Outcome, ...] = ()
+
+
+def _by_cause(signals: tuple[Signal, ...]) -> list[tuple[str, tuple[Signal, ...]]]:
+    """Signals grouped by the event that raised them, in the order they came."""
+    groups: dict[str, list[Signal]] = {}
+    for signal in signals:
+        groups.setdefault(signal.caused_by or "", []).append(signal)
+    return [(cause, tuple(found)) for cause, found in groups.items()]
 
 
 class Batch(NamedTuple):
@@ -69,9 +83,21 @@ class Engine:
         )
 
     def process(self, state: CustomerState | None, event: Event, now: datetime) -> Outcome:
+        """Apply ``event``; first fire the deadlines that fell before it.
+
+        A deadline the event's ``time`` has passed fires before the event is
+        applied, as it would have, had the event come when it happened: after an
+        outage, a backlog's events must not cancel deadlines they came too late to
+        cancel. ``now`` is when the engine decides (staleness, trigger times).
+        """
         before = state if state is not None else self.new_profile(event)
         if event.id in before.seen_ids:
             return Outcome(before, applied=False)
+        also: list[Outcome] = []
+        if state is not None:
+            also.extend(self._expire_until(before, now, event.time - _EARLIER))
+            if also:
+                before = also[-1].state
         placed = place(before, event, now, self._bounds)
         after = placed.state
         if after.parts:  # a profile of several identifiers: the event's own part too
@@ -80,9 +106,36 @@ class Engine:
             if part is not None:
                 part = place(part, event, now, self._bounds).state
                 after = after._replace(parts={**after.parts, key: part})
-        if not placed.signals:
-            return Outcome(after, True, (), None, None, (), placed.behind, placed.beyond)
-        return self._decide(after, placed.signals, now, placed.behind, placed.beyond)
+        own: Outcome | None = None
+        # one decision per event: the late one's own, and those of later events it changed
+        for cause, signals in _by_cause(placed.signals):
+            decided = self._decide(after, signals, now)
+            after = decided.state
+            if decided.trigger is not None:
+                after = mark_fired(after, cause)
+            if cause == event.id:
+                own = decided
+            else:
+                also.append(decided)
+        if own is None:
+            own = Outcome(after, True)
+        return Outcome(
+            after, True, own.signals, own.trigger, own.snapshot, own.suppressed,
+            placed.behind, placed.beyond, None, tuple(also),
+        )  # fmt: skip
+
+    def _expire_until(
+        self, state: CustomerState, now: datetime, until: datetime
+    ) -> tuple[Outcome, ...]:
+        """Fire, earliest first, the deadlines of ``state`` due up to ``until``, at ``now``."""
+        fired: list[Outcome] = []
+        while (due := self.next_wakeup(state)) is not None and due <= until:
+            outcome = self.expire(state, max(now, due))
+            if outcome is None:  # pragma: no cover - next_wakeup said one was due
+                break
+            state = outcome.state
+            fired.append(outcome)
+        return tuple(fired)
 
     def new_profile(self, event: Event) -> CustomerState:
         """The state of a subject seen for the first time: a profile of its own."""
@@ -102,9 +155,22 @@ class Engine:
         """``target`` joined by ``shipments``; a signal the combined timeline reveals
         (say the login on mobile after an anonymous web cart) is decided now."""
         state, signals = profile.absorb(target, profile_id, shipments, now, self._bounds)
-        if not signals:
-            return Outcome(state, True)
-        return self._decide(state, signals, now)
+        return self._settle(state, signals, now)
+
+    def _settle(self, after: CustomerState, signals: tuple[Signal, ...], now: datetime) -> Outcome:
+        """One decision per causing event, as for a late event's correction: the first is
+        the outcome, the others its ``also``; an event whose trigger went out is marked."""
+        decided: list[Outcome] = []
+        for cause, found in _by_cause(signals):
+            outcome = self._decide(after, found, now)
+            after = outcome.state
+            if outcome.trigger is not None:
+                after = mark_fired(after, cause)
+            decided.append(outcome)
+        if not decided:
+            return Outcome(after, True)
+        first, *rest = decided
+        return first._replace(state=after, also=tuple(rest))
 
     def split(
         self, state: CustomerState, leaving: Collection[str], now: datetime
@@ -160,15 +226,18 @@ class Engine:
         after, signal = fired
         return self._decide(after, (signal,), now)
 
-    def expire_batch(self, states: Mapping[str, CustomerState], now: datetime) -> Batch:
-        """Fire every deadline of ``states`` that is due at ``now``, earliest first."""
+    def expire_batch(
+        self, states: Mapping[str, CustomerState], now: datetime, until: datetime | None = None
+    ) -> Batch:
+        """Fire every deadline of ``states`` due up to ``until`` (default ``now``), earliest
+        first."""
         changed: dict[str, CustomerState] = {}
         outcomes: list[Outcome] = []
         for subject, state in states.items():
-            while (outcome := self.expire(state, now)) is not None:
-                state = outcome.state
-                changed[subject] = state
-                outcomes.append(outcome)
+            fired = self._expire_until(state, now, now if until is None else until)
+            if fired:
+                changed[subject] = fired[-1].state
+                outcomes.extend(fired)
         return Batch(changed, outcomes)
 
     def _decide(

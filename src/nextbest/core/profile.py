@@ -19,9 +19,9 @@ that joined them, and an identifier that leaves takes back its part exactly
   ``(time, id)`` order over the merged bases: cross-identifier effects among
   them are exact (an item added anonymously on web and removed after the login
   is gone; an order placed after the login empties the anonymous cart), and a
-  signal that the combined timeline reveals and nobody raised before (the
-  login on mobile after an anonymous web cart: ``channel_switch``) is decided
-  now, as for a late event;
+  signal on the combined timeline (the login on mobile after an anonymous web
+  cart: ``channel_switch``) is decided now, as for a late event's correction,
+  unless its event already had its trigger (``FIRED``);
 * what the parts had folded away is merged field by field (:func:`fieldmerge`,
   the README lists the rules): counters add up, lists interleave by time, the
   newest consent wins, a cart survives only if it changed after the newest
@@ -61,7 +61,14 @@ from nextbest.core.context import (
 from nextbest.core.envelope import Event
 from nextbest.core.identity import CUSTOMER, Identifier
 from nextbest.core.signals import SIGNAL_BITS, Signal, detect
-from nextbest.core.state import NO_MEMBERSHIP, SEEN_KEPT, CustomerState, Step, encode_base
+from nextbest.core.state import (
+    FIRED,
+    NO_MEMBERSHIP,
+    SEEN_KEPT,
+    CustomerState,
+    Step,
+    encode_base,
+)
 from nextbest.core.timeline import Bounds, _trim
 
 _NEVER = datetime.max.replace(tzinfo=UTC)
@@ -335,12 +342,12 @@ def combine(
             search_count=bounds.search_count,
         )  # fmt: skip
         known = step.raised | raised.get(step.event.id, 0)
-        if detect_signals:
+        if detect_signals and not known & FIRED:  # an event that had its trigger: done
             found = detect(
                 before, context, step.event,
                 journey_window=bounds.journey_window, search_count=bounds.search_count,
             )  # fmt: skip
-            revealed.extend(s for s in found if not known & SIGNAL_BITS[s.name])
+            revealed.extend(found)  # decided (again) on the combined timeline
             for signal in found:
                 known |= SIGNAL_BITS[signal.name]
         replayed.append(step._replace(raised=known) if known != step.raised else step)
@@ -447,7 +454,8 @@ def split(
     nothing stays), and the parts that leave. The rest keeps the profile's id (the
     caller renames it when its name left) and counts one version more."""
     parts = parts_of(state)
-    taken = {key: parts.pop(key) for key in leaving if key in parts}
+    fired = {i for i, bits in raised_of(state).items() if bits & FIRED}
+    taken = {key: _fired(parts.pop(key), fired) for key in leaving if key in parts}
     if not parts:
         return None, taken
     members = tuple(i for i in state.context.identities if i.key not in taken)
@@ -459,6 +467,17 @@ def split(
         state.context.version + 1, now, bounds, detect_signals=False,
     )  # fmt: skip
     return rest, taken
+
+
+def _fired(part: CustomerState, fired: set[str]) -> CustomerState:
+    """``part`` with its events that had their trigger in the profile marked so: they
+    trigger nothing again wherever the part goes."""
+    if not fired or not any(s.event.id in fired for s in part.recent):
+        return part
+    recent = tuple(
+        s._replace(raised=s.raised | FIRED) if s.event.id in fired else s for s in part.recent
+    )
+    return part._replace(recent=recent)
 
 
 def promote(

@@ -23,6 +23,7 @@ applied, and the one being assembled here).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -52,13 +53,23 @@ __all__ = [
 ]
 
 SEEN_KEPT = 100
-FORMAT = 2  # of the encoded state; 1 had no timeline (no "v" key)
+# How a state is stored (the table's values and its changelog's): a header, the
+# §6 document, then the rest as JSON. The header (MAGIC, the version, the
+# document's length) lets a restore hand the document to Redis without parsing
+# the state. Format 1 (0.1) was JSON alone, with no timeline.
+MAGIC = b"\xf2"
+_HEADER = struct.Struct(">cQI")
+
+
+# In a step's ``raised``: its event has had its trigger (at most one per event).
+FIRED = 1 << 30
 
 
 class Step(NamedTuple):
     """An event kept for the reorder window, the signals (bits of
-    :data:`~nextbest.core.signals.SIGNAL_BITS`) it has raised, and its stored form
-    (encoded once, when it is kept: the state is written once per batch)."""
+    :data:`~nextbest.core.signals.SIGNAL_BITS`) it has raised and whether it has had
+    its trigger (:data:`FIRED`), and its stored form (encoded once, when it is kept:
+    the state is written once per batch)."""
 
     event: Event
     raised: int
@@ -133,6 +144,14 @@ def is_duplicate(state: CustomerState, event: Event) -> bool:
     return event.id in state.seen_ids
 
 
+def mark_fired(state: CustomerState, event_id: str) -> CustomerState:
+    """Remember that the kept event ``event_id`` has had its trigger."""
+    recent = tuple(
+        s._replace(raised=s.raised | FIRED) if s.event.id == event_id else s for s in state.recent
+    )
+    return state._replace(recent=recent)
+
+
 def record_trigger(state: CustomerState, record: TriggerRecord, moment: datetime) -> CustomerState:
     """Remember an emitted trigger: in ``last_triggers``, and its signal's ``moment``
     for its action's cooldown."""
@@ -183,12 +202,10 @@ def encode_base(base: Context) -> bytes:
     return orjson.dumps({"document": document, "extras": _extras(base)}, option=_JSON)
 
 
-def _stored(state: CustomerState, document: bytes | None) -> dict[str, Any]:
-    context = state.context
-    stored: dict[str, Any] = {
-        "v": FORMAT,
-        "context": orjson.Fragment(document if document is not None else encode_document(context)),
-        "extras": _extras(context),
+def _rest(state: CustomerState) -> dict[str, Any]:
+    """What a stored state holds beside its document (and its parts, each with its own)."""
+    rest: dict[str, Any] = {
+        "extras": _extras(state.context),
         "base": orjson.Fragment(state.base_encoded),
         "recent": [orjson.Fragment(s.encoded) for s in state.recent],
         "raised": [s.raised for s in state.recent],
@@ -197,15 +214,33 @@ def _stored(state: CustomerState, document: bytes | None) -> dict[str, Any]:
         "fired": state.fired,
     }
     if state.parts:
-        stored["parts"] = {key: _stored(part, None) for key, part in state.parts.items()}
+        rest["parts"] = {
+            key: {"document": orjson.Fragment(encode_document(part.context)), **_rest(part)}
+            for key, part in state.parts.items()
+        }
     if state.membership != NO_MEMBERSHIP:
-        stored["membership"] = list(state.membership)
-    return stored
+        rest["membership"] = list(state.membership)
+    return rest
 
 
 def encode(state: CustomerState, document: bytes | None = None) -> bytes:
-    """The state as JSON bytes; ``document`` is ``encode_document(state.context)`` if known."""
-    return orjson.dumps(_stored(state, document), option=_JSON)
+    """The state as stored; ``document`` is ``encode_document(state.context)`` if known."""
+    context = state.context
+    if document is None:
+        document = encode_document(context)
+    header = _HEADER.pack(MAGIC, context.version, len(document))
+    return header + document + orjson.dumps(_rest(state), option=_JSON)
+
+
+def to_json(state: CustomerState) -> bytes:
+    """The state as one JSON object (the identity protocol carries states in messages)."""
+    document = orjson.Fragment(encode_document(state.context))
+    return orjson.dumps({"document": document, **_rest(state)}, option=_JSON)
+
+
+def from_json(stored: dict[str, Any]) -> CustomerState:
+    """A state from :func:`to_json`'s object, parsed."""
+    return _decoded(stored["document"], stored)
 
 
 def _time(value: str | None) -> datetime | None:
@@ -224,29 +259,48 @@ def _context(document: Mapping[str, Any], extras: Mapping[str, Any]) -> Context:
     )
 
 
+def stored_document(raw: bytes) -> tuple[int, bytes] | None:
+    """The version and the §6 document of a stored state, without decoding the state
+    (None for a state of format 1)."""
+    if raw[:1] != MAGIC:
+        return None
+    _, version, length = _HEADER.unpack_from(raw)
+    start = _HEADER.size
+    return version, raw[start : start + length]
+
+
 def decode(raw: bytes) -> CustomerState:
-    return _decoded(orjson.loads(raw))
+    if raw[:1] == MAGIC:
+        return _decode(raw)
+    # format 1: JSON, no timeline: everything is base
+    stored: dict[str, Any] = orjson.loads(raw)
+    extras = {
+        "zero_searches": stored["zero_searches"],
+        "product_viewed_at": stored["product_viewed_at"],
+    }
+    context = _context(stored["context"], extras)
+    base = context.with_triggers((), None)
+    return CustomerState(
+        context,
+        base,
+        encode_base(base),
+        (),
+        0,
+        tuple(stored["seen_ids"]),
+        _times(stored["last_fired"]),
+        _times(stored.get("fired", {})),
+    )
 
 
-def _decoded(stored: dict[str, Any]) -> CustomerState:
-    if stored.get("v") is None:  # format 1: no timeline; everything is base
-        extras = {
-            "zero_searches": stored["zero_searches"],
-            "product_viewed_at": stored["product_viewed_at"],
-        }
-        context = _context(stored["context"], extras)
-        base = context.with_triggers((), None)
-        return CustomerState(
-            context,
-            base,
-            encode_base(base),
-            (),
-            0,
-            tuple(stored["seen_ids"]),
-            _times(stored["last_fired"]),
-            _times(stored.get("fired", {})),
-        )
-    context = _context(stored["context"], stored["extras"])
+def _decode(raw: bytes) -> CustomerState:
+    _, _, length = _HEADER.unpack_from(raw)
+    start = _HEADER.size
+    stored: dict[str, Any] = orjson.loads(raw[start + length :])
+    return _decoded(orjson.loads(raw[start : start + length]), stored)
+
+
+def _decoded(document: dict[str, Any], stored: dict[str, Any]) -> CustomerState:
+    context = _context(document, stored["extras"])
     stored_base = stored["base"]
     base = (
         Context(context.customer_id, identities=context.identities)
@@ -268,7 +322,7 @@ def _decoded(stored: dict[str, Any]) -> CustomerState:
         tuple(stored["seen_ids"]),
         _times(stored["last_fired"]),
         _times(stored["fired"]),
-        {key: _decoded(part) for key, part in stored.get("parts", {}).items()},
+        {key: _decoded(part["document"], part) for key, part in stored.get("parts", {}).items()},
         _membership(stored["membership"]) if "membership" in stored else NO_MEMBERSHIP,
     )
 

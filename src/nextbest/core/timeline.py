@@ -9,10 +9,12 @@ event where it belongs:
 * **late, within the reorder window** (``time`` at most the window behind the
   customer's newest event, and after every event folded into ``base``): it is
   inserted among the kept events and the context is folded again from
-  ``base``. Signals are detected on the corrected timeline; those no event had
-  raised before (the late event's own, and a later event's that the correction
-  reveals) are returned to be decided now. Nothing is taken back: a signal
-  raised before stays raised;
+  ``base``. Signals are detected on the corrected timeline, and every signal of
+  the late event and of the kept events after it is returned to be decided
+  again now — except those of an event that has already had its trigger (a
+  step marked :data:`FIRED`): the correction may change what a signal decides
+  (a switch into the store with the cart a late web event filled). Nothing is
+  taken back;
 * **later than the window** (or not after every event folded into ``base``,
   which only the size bounds make happen within the window): it is applied at
   the end of ``base``, before the kept events, and raises nothing.
@@ -33,7 +35,7 @@ from typing import NamedTuple
 from nextbest.core.context import Context, apply, fold
 from nextbest.core.envelope import Event
 from nextbest.core.signals import SIGNAL_BITS, Signal, detect
-from nextbest.core.state import SEEN_KEPT, CustomerState, Step, encode_base
+from nextbest.core.state import FIRED, SEEN_KEPT, CustomerState, Step, encode_base
 
 
 class Bounds(NamedTuple):
@@ -171,7 +173,7 @@ def _replay(
             search_window=bounds.search_window,
             search_count=bounds.search_count,
         )
-        if index < position:  # the same prefix as before: its signals are known
+        if index < position or step.raised & FIRED:  # unchanged, or its trigger is out
             steps.append(step)
             continue
         found = detect(
@@ -181,9 +183,8 @@ def _replay(
             journey_window=bounds.journey_window,
             search_count=bounds.search_count,
         )
-        raised = 0 if index == position else step.raised
-        revealed.extend(s for s in found if not raised & SIGNAL_BITS[s.name])
-        steps.append(step._replace(raised=raised | _bits(found)))
+        revealed.extend(found)  # to be decided (again): the correction may change that
+        steps.append(step._replace(raised=step.raised | _bits(found)))
     context = context.adopt(state.context)
     base, encoded = state.base, state.base_encoded
     kept = tuple(steps)

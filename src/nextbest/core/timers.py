@@ -73,7 +73,7 @@ def expire(
     cart_abandon_after: timedelta,
     checkout_stall_after: timedelta,
 ) -> tuple[CustomerState, Signal] | None:
-    """Fire the earliest deadline due at ``now``: the state remembers it fired."""
+    """Fire the earliest deadline due at ``now`` (or before): the state remembers it fired."""
     due = [
         d
         for d in deadlines(

@@ -1,4 +1,4 @@
-"""Redis 7 from Debian's redis-server, on loopback, without persistence."""
+"""Redis 7 from Debian's redis-server, on loopback; without persistence unless asked."""
 
 from __future__ import annotations
 
@@ -17,9 +17,13 @@ READY_WITHIN = 20.0
 
 
 class Redis:
-    def __init__(self, root: Path, port: int) -> None:
+    """``persistent``: keep the data across a restart (an append-only file), as the
+    soak needs when it stops Redis and starts it again; the dev stack does not."""
+
+    def __init__(self, root: Path, port: int, *, persistent: bool = False) -> None:
         self.root = root / "redis"
         self.port = port
+        self.persistent = persistent
         self.service = Service(
             "Redis", port, self.root / "redis.pid", self.root / "redis.log", MARKER
         )
@@ -45,8 +49,10 @@ class Redis:
 
     def arguments(self) -> list[str]:
         """redis-server's command line after the program."""
+        appendonly = "yes" if self.persistent else "no"
         return ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--daemonize", "no", "--dir", str(self.root)]  # fmt: skip
+                "--appendonly", appendonly, "--daemonize", "no",
+                "--dir", str(self.root)]  # fmt: skip
 
     def answers(self) -> bool:
         return redis_pings(self.port)

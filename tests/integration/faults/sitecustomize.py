@@ -7,18 +7,19 @@ returns without it). That is the stall seen in CI
 after a rebalance: the consumer has read past records the table restore never
 received, so the restore waits forever unless the partition is read again.
 
-Test code only: it patches faust's consumer in the process it is loaded into.
+``NEXTBEST_FAULT_DIE_ON_WRITE=<n>``: see below.
+
+Test code only: it patches the worker in the process it is loaded into.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 _partition = os.environ.get("NEXTBEST_FAULT_LOSE_CHANGELOG")
 
 if _partition is not None:
-    from typing import Any
-
     from faust.transport import consumer as _consumer
 
     _lose = int(_partition)
@@ -40,3 +41,22 @@ if _partition is not None:
         return kept, active
 
     _consumer.Consumer._wait_next_records = _losing_fetch  # type: ignore[method-assign]
+
+_die_on = os.environ.get("NEXTBEST_FAULT_DIE_ON_WRITE")
+
+if _die_on is not None:
+    # ``NEXTBEST_FAULT_DIE_ON_WRITE=<n>``: the process dies (as by kill -9) at its n-th
+    # state write, after the batch's triggers and changelog records were acknowledged
+    # and before RocksDB holds the states: the worst moment of a batch to be killed.
+    from nextbest.adapters import table as _table
+
+    _writes = [0]
+    _write = _table.ContextTable.write
+
+    def _dying_write(self: Any, *args: Any, **kwargs: Any) -> None:
+        _writes[0] += 1
+        if _writes[0] >= int(_die_on):
+            os._exit(137)
+        _write(self, *args, **kwargs)
+
+    _table.ContextTable.write = _dying_write  # type: ignore[method-assign]
