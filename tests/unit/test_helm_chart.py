@@ -203,6 +203,7 @@ def test_credentials_are_files_from_existing_secrets() -> None:
         "NEXTBEST_REDIS_PASSWORD_FILE": ("nextbest-redis-worker", "password"),
         "NEXTBEST_REDIS_SSL_CA_CERTS": ("nextbest-redis-ca", "ca.crt"),
         "NEXTBEST_RULES": ("r1-nextbest-rules", "rules.toml"),
+        "NEXTBEST_ERASURE_SECRET_FILE": ("nextbest-erasure", "secret"),
     }
     assert files_of(scenario, "Deployment") == {
         "NEXTBEST_REDIS_PASSWORD_FILE": ("nextbest-redis-api", "password"),

@@ -103,6 +103,10 @@ start-up (README: Security). The API gets no Kafka settings at all.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if $v.erasure.existingSecret }}
+- name: NEXTBEST_ERASURE_SECRET_FILE
+  value: /etc/nextbest/secrets/erasure/secret
+{{- end }}
 {{- end }}
 {{- if $v.redis.existingSecret }}
 - name: NEXTBEST_REDIS_URL_FILE
@@ -176,6 +180,11 @@ start-up (README: Security). The API gets no Kafka settings at all.
   mountPath: /etc/nextbest/kafka-tls
   readOnly: true
 {{- end }}
+{{- if $v.erasure.existingSecret }}
+- name: erasure
+  mountPath: /etc/nextbest/secrets/erasure
+  readOnly: true
+{{- end }}
 {{- end }}
 {{- if $v.redis.existingSecret }}
 - name: redis-url
@@ -242,6 +251,9 @@ start-up (README: Security). The API gets no Kafka settings at all.
   secret:
     secretName: {{ $v.kafka.tls.existingSecret }}
     defaultMode: 0440
+{{- end }}
+{{- if $v.erasure.existingSecret }}
+{{ include "nextbest.secretVolume" (list "erasure" $v.erasure.existingSecret $v.erasure.secretKey "secret") }}
 {{- end }}
 {{- end }}
 {{- if $v.redis.existingSecret }}
