@@ -15,10 +15,8 @@ import sys
 import orjson
 from redis.exceptions import RedisError
 
-from nextbest.adapters.projection import KEY_PREFIX
+from nextbest.adapters.projection import KEY_PREFIX, identity_key
 from nextbest.settings import Settings
-
-IDENTITY_PREFIX = "nextbest:identity:"  # contract §10: <type>:<id> -> profile id
 
 
 class NotFound(Exception):
@@ -31,8 +29,8 @@ async def fetch(settings: Settings, customer: str, identity_type: str | None = N
 
     client = redis_client(settings)
     try:
-        if identity_type is not None:
-            profile = await client.get(f"{IDENTITY_PREFIX}{identity_type}:{customer}")
+        if identity_type not in (None, "customer"):  # a customer id is its profile's id
+            profile = await client.get(identity_key(identity_type, customer))
             if profile is None:
                 raise NotFound(f"no profile has the {identity_type} identifier {customer!r}")
             customer = profile.decode("utf-8", "replace") if isinstance(profile, bytes) else profile
