@@ -360,3 +360,53 @@ async def test_the_internal_topics_are_created_with_their_bounds(
     assert changelog["delete.retention.ms"] == str(24 * 3600 * 1000)
     assert rekey["cleanup.policy"] == "delete"
     assert rekey["retention.ms"] == str(7 * 24 * 3600 * 1000)
+
+
+async def test_an_unknown_subjecttype_or_a_placeholder_is_dead_lettered(
+    worker: WorkerProcess, channels: Channels, kafka_bootstrap: str
+) -> None:
+    first = await channels.send("web", "session.started", new("x"), subjecttype="fax")
+    second = await channels.send("web", "session.started", "undefined", subjecttype="anonymous",
+                                 key=new("k"))  # fmt: skip
+    letters = await read(
+        kafka_bootstrap, ["events.deadletter"],
+        lambda r: any(i.encode() in (r.value or b"") for i in (first, second)), count=2,
+    )  # fmt: skip
+    reasons = {dict(r.headers)["nextbest.error.reason"] for r in letters}
+    assert reasons == {b"invalid_envelope"}
+
+
+async def test_the_api_finds_a_profile_by_any_identifier_and_keys_share_the_ttl(
+    worker: WorkerProcess,
+    channels: Channels,
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import aiohttp
+
+    customer, phone = new("c"), new("h")
+    await channels.send("contact-center", "identity.linked", phone,
+                        login(("customer", customer), method="phone_verified"),
+                        subjecttype="phone")  # fmt: skip
+    await until_members(redis_url, customer, f"customer:{customer}", f"phone:{phone}")
+    client: Redis = Redis.from_url(redis_url)
+    try:
+        identity_ttl = await client.pttl(f"nextbest:identity:phone:{phone}")
+        context_ttl = await client.pttl(f"nextbest:context:{customer}")
+    finally:
+        await client.aclose()
+    assert 29 * 86_400_000 < identity_ttl <= context_ttl <= 30 * 86_400_000
+    api = WorkerProcess(kafka_bootstrap, redis_url, tmp_path_factory.mktemp("api"),
+                        command="api")  # fmt: skip
+    api.start(ready_within=30)
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = api.url(f"/v1/customers/{phone}/context?type=phone")
+            async with http.get(url) as answer:
+                assert answer.status == 200
+                assert (await answer.json())["customer_id"] == customer
+            async with http.get(api.url(f"/v1/customers/{new('h')}/context?type=phone")) as answer:
+                assert answer.status == 404
+    finally:
+        assert api.stop() == 0, api.tail()

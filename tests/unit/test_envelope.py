@@ -160,3 +160,84 @@ def test_matching_channel_attribute_is_fine() -> None:
 def test_optional_fields_may_be_null_or_absent() -> None:
     event = read(envelope(type="product.viewed", data={"sku": "A1", "price": None}))
     assert event.data["sku"] == "A1"
+
+
+# --- contract v0.2 §10: subjecttype -----------------------------------------------------
+
+
+def test_without_subjecttype_the_subject_is_a_customer_id() -> None:
+    assert read(envelope()).subjecttype == "customer"
+    assert read(envelope(subjecttype="customer")).subjecttype == "customer"
+
+
+@pytest.mark.parametrize("kind", ["anonymous", "device", "loyalty", "phone", "email", "chat"])
+def test_subjecttype_names_the_kind_of_identifier(kind: str) -> None:
+    event = read(envelope(subject="h-4f2a", subjecttype=kind))
+    assert (event.subjecttype, event.subject) == (kind, "h-4f2a")
+
+
+def test_subjecttype_in_binary_mode_is_the_ce_subjecttype_header() -> None:
+    headers = [
+        ("ce_specversion", b"1.0"), ("ce_id", b"e-1"), ("ce_source", b"/t"),
+        ("ce_type", b"session.started"), ("ce_time", b"2026-11-22T11:59:00Z"),
+        ("ce_subject", b"ck-1"), ("ce_subjecttype", b"anonymous"),
+    ]  # fmt: skip
+    assert parse(b"{}", headers, "web", now=NOW).subjecttype == "anonymous"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"subjecttype": "fax"}, "subjecttype 'fax' is not one of"),
+        ({"subjecttype": 7}, "subjecttype 7 is not one of"),
+        ({"subjecttype": "phone", "subject": "undefined"}, "is a placeholder"),
+        ({"subjecttype": "anonymous", "subject": " NULL "}, "is a placeholder"),
+        ({"subjecttype": "device", "subject": "0"}, "is a placeholder"),
+    ],
+)
+def test_an_unknown_kind_or_a_placeholder_subject_is_invalid_envelope(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(Rejected) as rejected:
+        read(envelope(**changes))
+    assert rejected.value.reason is Reason.INVALID_ENVELOPE
+    assert message in rejected.value.message
+
+
+def test_a_customer_id_that_looks_like_a_placeholder_is_still_one() -> None:
+    """v0.1 accepted any customer id; a customer "0" stays valid."""
+    assert read(envelope(subject="0")).subject == "0"
+
+
+def test_the_configured_types_are_the_ones_accepted() -> None:
+    document = orjson.dumps(envelope(subjecttype="member-card"))
+    with pytest.raises(Rejected):
+        parse(document, (), "web", now=NOW)
+    event = parse(document, (), "web", now=NOW, subject_types=("customer", "member-card"))
+    assert event.subjecttype == "member-card"
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"identities": [{"type": "Phone", "id": "x"}], "method": "login"}, "is not a type name"),
+        ({"identities": [{"type": "phone", "id": "x" * 129}], "method": "login"}, "at most 128"),
+        ({"identities": [{"type": "phone", "id": "a\nb"}], "method": "login"}, "no control"),
+    ],
+)
+def test_identifiers_in_identity_data_are_well_formed(data: dict[str, Any], problem: str) -> None:
+    with pytest.raises(Rejected) as rejected:
+        read(envelope(type="identity.linked", data=data))
+    assert rejected.value.reason is Reason.INVALID_DATA
+    assert problem in rejected.value.message
+
+
+def test_identity_data_of_an_unconfigured_type_is_for_the_link_to_refuse() -> None:
+    """Well-formed but not configured: applied, then refused (reason type) and counted."""
+    data = {"identities": [{"type": "fax", "id": "1"}, {"type": "phone", "id": ""}],
+            "method": "login"}  # fmt: skip
+    assert read(envelope(type="identity.linked", data=data)).data == data
+    unlinked = read(envelope(type="identity.unlinked", data={"type": "fax", "id": "1"}))
+    assert unlinked.type == "identity.unlinked"
+    with pytest.raises(Rejected):
+        read(envelope(type="identity.unlinked", data={"type": "fax", "id": "a\x00b"}))
