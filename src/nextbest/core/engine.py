@@ -23,7 +23,6 @@ from nextbest.core.timeline import Bounds, place
 from nextbest.core.timers import expire, next_wakeup
 from nextbest.core.triggers import Trigger, build
 
-
 _EARLIER = timedelta(microseconds=1)
 
 
@@ -174,7 +173,8 @@ class Engine:
     def expire_batch(
         self, states: Mapping[str, CustomerState], now: datetime, until: datetime | None = None
     ) -> Batch:
-        """Fire every deadline of ``states`` due up to ``until`` (default ``now``), earliest first."""
+        """Fire every deadline of ``states`` due up to ``until`` (default ``now``),
+        earliest first."""
         changed: dict[str, CustomerState] = {}
         outcomes: list[Outcome] = []
         for subject, state in states.items():

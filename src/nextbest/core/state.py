@@ -145,17 +145,21 @@ def encode(state: CustomerState, document: bytes | None = None) -> bytes:
     if document is None:
         document = encode_document(context)
     header = _HEADER.pack(MAGIC, context.version, len(document))
-    return header + document + orjson.dumps(
-        {
-            "extras": _extras(context),
-            "base": orjson.Fragment(state.base_encoded),
-            "recent": [orjson.Fragment(s.encoded) for s in state.recent],
-            "raised": [s.raised for s in state.recent],
-            "seen_ids": state.seen_ids,
-            "last_fired": state.last_fired,
-            "fired": state.fired,
-        },
-        option=_JSON,
+    return (
+        header
+        + document
+        + orjson.dumps(
+            {
+                "extras": _extras(context),
+                "base": orjson.Fragment(state.base_encoded),
+                "recent": [orjson.Fragment(s.encoded) for s in state.recent],
+                "raised": [s.raised for s in state.recent],
+                "seen_ids": state.seen_ids,
+                "last_fired": state.last_fired,
+                "fired": state.fired,
+            },
+            option=_JSON,
+        )
     )
 
 
