@@ -104,6 +104,10 @@ class BatchConsumer(driver.Consumer):
         result: int | None = super()._new_offset(tp)
         return result
 
+    def committed(self, tp: TP) -> int:
+        """The group's committed offset of ``tp``: as read at assignment, or as we committed."""
+        return self._committed_offset.get(tp) or 0
+
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         # The table's restorer ends a recovery by setting faust's "recovery ended"
         # event (adapters/table.py); faust's own restore loop clears it only when

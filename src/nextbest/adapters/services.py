@@ -14,6 +14,7 @@ from typing import Any
 import faust
 import mode
 
+from nextbest.adapters.consumer import BatchConsumer
 from nextbest.adapters.pages import readiness
 from nextbest.adapters.projection import RedisMirror
 from nextbest.adapters.recovery import RecoveryWatch
@@ -84,16 +85,18 @@ def lag_updater(
     report_pending: Callable[[set[int]], None],
 ) -> Work:
     async def update_lag() -> None:
-        committed = app.monitor.tp_committed_offsets
+        consumer = app.consumer
+        if not isinstance(consumer, BatchConsumer):
+            raise TypeError("the worker runs on nextbest's BatchConsumer")
         changelogs = app.tables.changelog_topics  # restored, not consumed: no lag to speak of
         metrics.consumer_lag.clear()  # partitions move: report only the ones owned now
-        for tp in app.consumer.assignment():
+        for tp in consumer.assignment():
             if tp.topic in changelogs:
                 continue
-            end = app.consumer.highwater(tp)
+            end = consumer.highwater(tp)
             if end is None:  # not fetched yet after an assignment
                 continue
-            done = committed.get(tp, 0)
+            done = consumer.committed(tp)  # ours, or as found at assignment
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - done))
         partitions = owned()
         metrics.partitions.set(len(partitions))

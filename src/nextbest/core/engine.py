@@ -229,8 +229,8 @@ class Engine:
     def expire_batch(
         self, states: Mapping[str, CustomerState], now: datetime, until: datetime | None = None
     ) -> Batch:
-        """Fire every deadline of ``states`` due up to ``until`` (default ``now``), earliest
-        first."""
+        """Fire every deadline of ``states`` due up to ``until`` (default ``now``),
+        earliest first."""
         changed: dict[str, CustomerState] = {}
         outcomes: list[Outcome] = []
         for subject, state in states.items():

@@ -50,9 +50,10 @@ class Redis:
     def arguments(self) -> list[str]:
         """redis-server's command line after the program."""
         appendonly = "yes" if self.persistent else "no"
-        return ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", appendonly, "--daemonize", "no",
-                "--dir", str(self.root)]  # fmt: skip
+        return [
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+            *("--appendonly", appendonly, "--daemonize", "no", "--dir", str(self.root)),
+        ]
 
     def answers(self) -> bool:
         return redis_pings(self.port)
