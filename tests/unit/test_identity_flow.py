@@ -11,6 +11,7 @@ The same flows run against the real broker in tests/integration/test_identity.py
 from __future__ import annotations
 
 import itertools
+import random
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import orjson
 import pytest
 
 from nextbest.adapters.identity import DIRECTORY, FORWARD, MARKER
+from nextbest.adapters.table import FAUST_OFFSET_KEY
 from nextbest.adapters.topics import partition_for
 from nextbest.core.identity import Identifier
 from nextbest.core.state import CustomerState, decode
@@ -413,3 +415,109 @@ async def test_a_link_to_a_customer_never_seen_makes_the_customers_profile(
     assert cluster.profile_of(A) == ("c-new", partition_for(b"c-new", PARTITIONS))
     await cluster.send("mobile", "session.started", "c-new", minute=-3)
     assert cluster.state("c-new").context.version == merged.context.version + 1  # type: ignore[union-attr]
+
+
+# --- random interleavings ------------------------------------------------------------------
+
+
+async def interleaved(tmp_path: Path, seed: int, steps: int = 400) -> tuple[Cluster, int]:
+    """Five customers, their cookies, two shared tablets moving from one to another,
+    and their events, all in flight together: records of every topic delivered to their
+    partition in random batches, each partition's records in order (as Kafka does)."""
+    cluster = Cluster(harness(tmp_path))
+    rng = random.Random(seed)
+    queues: dict[int, list[FakeRecord]] = {}
+    taken = 0
+
+    def enqueue(record: FakeRecord) -> None:
+        queues.setdefault(record.partition, []).append(record)
+
+    def collect() -> None:
+        nonlocal taken
+        for sent in cluster.h.producer.sent[taken:]:
+            if sent.topic == NAMES.rekey and sent.partition is not None:
+                offset = cluster._offset(NAMES.rekey, sent.partition)
+                enqueue(FakeRecord(NAMES.rekey, sent.partition, offset, sent.value, sent.key,
+                                   timestamp=int(NOW.timestamp() * 1000),
+                                   headers=list(sent.headers)))  # fmt: skip
+        taken = len(cluster.h.producer.sent)
+
+    async def deliver() -> bool:
+        ready = [p for p, q in queues.items() if q]
+        if not ready:
+            return False
+        partition = rng.choice(ready)
+        size = rng.randint(1, 12)
+        batch, queues[partition] = queues[partition][:size], queues[partition][size:]
+        await cluster.h.handler.handle(partition, batch_of(*batch))
+        collect()
+        return True
+
+    customers = [f"c-{n}" for n in range(5)]
+    tablets = ["tablet-a", "tablet-b"]
+    for step in range(steps):
+        who = rng.choice(customers)
+        choice = rng.random()
+        subject, kind, type_, data = who, None, "page.viewed", {"page_type": "home"}
+        if choice < 0.3:
+            subject, kind = rng.choice(tablets), "device"
+        elif choice < 0.45:
+            type_ = "identity.linked"
+            data = {
+                "identities": [{"type": "device", "id": rng.choice(tablets)}],
+                "method": "login",
+            }
+        elif choice < 0.6:
+            subject, kind = f"ck-{who}", "anonymous"
+        elif choice < 0.7:
+            type_ = "identity.linked"
+            data = {"identities": [{"type": "anonymous", "id": f"ck-{who}"}], "method": "login"}
+        document: dict[str, Any] = {
+            "specversion": "1.0", "id": f"s{seed}-{step}", "source": "/t", "type": type_,
+            "time": (NOW + timedelta(seconds=step - steps)).isoformat(),
+            "subject": subject, "data": data,
+        }  # fmt: skip
+        if kind is not None:
+            document["subjecttype"] = kind
+        topic = "events.mobile"
+        partition = partition_for(subject.encode(), PARTITIONS)
+        enqueue(FakeRecord(topic, partition, cluster._offset(topic, partition),
+                           orjson.dumps(document), subject.encode(),
+                           timestamp=int(NOW.timestamp() * 1000)))  # fmt: skip
+        if rng.random() < 0.6:
+            await deliver()
+    while await deliver():
+        pass
+    return cluster, steps
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_random_interleavings_lose_nothing_and_agree_in_the_end(
+    tmp_path: Path, seed: int
+) -> None:
+    cluster, sent = await interleaved(tmp_path, seed)
+    metrics = cluster.h.metrics
+    assert sample(metrics, "nextbest_events_suppressed_total", reason="unroutable") == 0
+    assert sample(metrics, "nextbest_events_total", channel="mobile") == sent  # each once
+    # every identifier is in exactly one stored profile, and its directory entry (or, for
+    # one alone where its id lives, its absence) says which
+    where: dict[str, list[tuple[int, str]]] = {}
+    for partition, key, value in cluster.everything():
+        if key.startswith(b"\x00") or key == FAUST_OFFSET_KEY:
+            continue
+        for identity in decode(value).context.identities:
+            where.setdefault(identity.key, []).append((partition, key.decode()))
+    assert all(len(found) == 1 for found in where.values()), where
+    for identifier_key, [(partition, state_key)] in where.items():
+        identifier = Identifier(*identifier_key.split(":", 1))
+        if identifier.type == "customer":
+            assert state_key == identifier.id
+            continue
+        entry = cluster.profile_of(identifier)
+        if entry is None:
+            assert (state_key, partition) == (
+                identifier.state_key,
+                partition_for(identifier.id.encode(), PARTITIONS),
+            )
+        else:
+            assert entry == (state_key, partition)

@@ -79,7 +79,7 @@ COMMAND_HEADER = "nextbest.command"
 PROFILE_HEADER = "nextbest.profile"
 HOPS_HEADER = "nextbest.hops"
 COORDINATOR = 0  # the partition whose owner decides identity operations
-MAX_HOPS = 4
+MAX_HOPS = 8  # a chain of moves while directory entries catch up is a few hops
 FORWARD_TTL = timedelta(days=7)  # as long as the rekey topic keeps what may still follow
 OPERATIONS = frozenset({"identity.linked", "identity.unlinked", "customer.erased"})
 
@@ -389,15 +389,17 @@ class Desk:
                 self._metrics.suppressed_events.labels("erased").inc()
                 continue
             place = self.forward(work, identifier)
-            if place is not None and place.key != key:
-                if place.home == work.partition:
+            if place is not None:
+                if place.home == work.partition and place.key != key:
                     target = work.state(place.key)
                     if target is not None and member(target, identifier):
                         ready.append((event._replace(profile=place.key), source))
                         continue
-                else:
-                    await self.route(work, source, place.key, place.home)
-                    continue
+                # Where it went from here; the shipment that took it there left before
+                # anything that follows it, so the event arrives after it — also when it
+                # is this partition again (a shipment goes through the topic like any).
+                await self.route(work, source, place.key, place.home)
+                continue
             home = self.home_of(identifier)
             if (
                 home == work.partition
@@ -583,8 +585,9 @@ class Desk:
             place = Place(key, work.partition, seq)
             for identity in work.states[key].context.identities:
                 identifier = profile.identifier(identity)
-                self._point(work, identifier, place, follow=False)
-                self.put(work, FORWARD + identifier.key.encode(), None)  # it is here now
+                # the forward says where it is now, as this partition knows: events still
+                # sent to another profile here (a stale directory entry) find it
+                self._point(work, identifier, place, follow=True)
                 await self._dirset_send(work, identifier, place)
         work.sends.append(
             await self.send(COORDINATOR, "done", {"s": seq, "from": key, "to": after})
