@@ -31,9 +31,11 @@ from nextbest.adapters.clients import (
     redis_client,
 )
 from nextbest.adapters.consumer import use_batch_consumer
+from nextbest.adapters.outputs import Direct, Outputs, Transactional
 from nextbest.adapters.pages import add_pages
 from nextbest.adapters.projection import RedisMirror
 from nextbest.adapters.services import (
+    closing,
     every_second,
     guarded,
     lag_updater,
@@ -133,6 +135,7 @@ class _Sink:
         self.topics: frozenset[str] = frozenset()
         self.clocks: frozenset[str] = frozenset()
         self.handler: EventHandler | None = None
+        self.table: ContextTable | None = None
 
     async def handle(self, partition: int, batch: Any, watermark: float) -> None:
         assert self.handler is not None
@@ -141,6 +144,13 @@ class _Sink:
     def restore(self, tp: Any, records: Any) -> bool:
         assert self.handler is not None
         return self.handler.restore(tp, records)
+
+    def restoring(self) -> Any:
+        return [] if self.table is None else self.table.restoring()
+
+    def read_through(self, tp: Any, position: int) -> None:
+        if self.table is not None:
+            self.table.read_through(tp, position)
 
 
 def build_worker(settings: Settings) -> Worker:
@@ -173,7 +183,9 @@ def build_worker(settings: Settings) -> Worker:
         web_host="0.0.0.0",  # noqa: S104 - scraped by Prometheus from other hosts
     )
     sink = _Sink()
-    use_batch_consumer(app, sink)  # before the topics below touch app.transport
+    transactional = settings.processing_guarantee == "exactly_once"
+    # before the topics below touch app.transport
+    use_batch_consumer(app, sink, transactions=transactional)
     source = _raw_topic(app, *names.sources)
     table = app.Table(
         TABLE,
@@ -195,10 +207,20 @@ def build_worker(settings: Settings) -> Worker:
         lambda: app.tables.recovery,  # type: ignore[attr-defined]
         on_restored=mirror.submit,
     )
+    outputs: Outputs = Direct(app.producer)
+    if transactional:
+        outputs = Transactional(
+            app_id=settings.app_id,
+            group_id=app.conf.id,
+            bootstrap=settings.kafka_bootstrap,
+            client_options=kafka_client_options(settings),
+            linger_ms=round(PRODUCER_LINGER * 1000),
+        )
+        app.service(closing(outputs.stop))
     handler = EventHandler(
         engine=engine,
         table=contexts,
-        producer=app.producer,
+        outputs=outputs,
         names=names,
         index=DueIndex(),
         mirror=mirror,
@@ -208,6 +230,7 @@ def build_worker(settings: Settings) -> Worker:
         cache=StateCache(settings.state_cache_size),
     )
     sink.topics, sink.clocks, sink.handler = handler.topics, handler.clocks, handler
+    sink.table = contexts
 
     async def subscribe(stream: faust.StreamT[bytes]) -> None:
         """Declares the subscription; the batches themselves go to the handler."""
@@ -221,6 +244,10 @@ def build_worker(settings: Settings) -> Worker:
 
     async def rebuild_index() -> None:
         handler.forget_states()  # partitions moved: another worker may have changed some
+        try:
+            await outputs.own(owned_partitions())  # exactly_once: fence the previous owners
+        except Exception as error:  # then each partition's first batch does it
+            log_failure(log, error, "could not start the transactional producers")
         try:
             handler.rebuild_index(owned_partitions())
         except Exception as error:  # deadlines then fire once events touch them again

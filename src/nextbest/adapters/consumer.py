@@ -79,11 +79,19 @@ class Sink(Protocol):
     def restore(self, tp: TP, records: Sequence[Any]) -> bool:
         """Apply changelog records; False when ``tp`` is not being restored."""
 
+    def restoring(self) -> Sequence[TP]:
+        """The changelog partitions being restored."""
+
+    def read_through(self, tp: TP, position: int) -> None:
+        """Every record of ``tp`` below ``position`` was read (the rest: markers)."""
+
 
 class BatchConsumer(driver.Consumer):
     """faust's aiokafka consumer whose fetched batches go to :attr:`sink` whole."""
 
     sink: ClassVar[Sink | None] = None
+    # exactly_once: each batch's transaction commits its offsets; the consumer never does
+    offsets_in_transactions: ClassVar[bool] = False
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -103,6 +111,12 @@ class BatchConsumer(driver.Consumer):
             return offset
         result: int | None = super()._new_offset(tp)
         return result
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        if self.offsets_in_transactions:
+            return True  # the batches' transactions did (or will redo) it
+        done: bool = await super()._commit(offsets)
+        return done
 
     def committed(self, tp: TP) -> int:
         """The group's committed offset of ``tp``: as read at assignment, or as we committed."""
@@ -145,14 +159,16 @@ class BatchConsumer(driver.Consumer):
                 records, active = await self._wait_next_records(FETCH_TIMEOUT)
                 self.diag.unset_flag(CONSUMER_FETCHING)
                 await asyncio.sleep(0)  # never hold the loop from fetch to fetch
-                if not records or self.should_stop:
+                if self.should_stop:
                     continue
-                if not self.flow_active:
+                if records and not self.flow_active:
                     # fetched while a rebalance stopped the flow: read again from the
                     # committed offsets once it resumes, as faust's getmany does
                     await self.perform_seek()
                     continue
-                await self._deliver(sink, records, active)
+                if records:
+                    await self._deliver(sink, records, active)
+                self._read_through(sink)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -163,6 +179,16 @@ class BatchConsumer(driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _read_through(self, sink: Sink) -> None:
+        """Tell the restorer how far its changelogs were read, markers included."""
+        thread = self._thread
+        if not isinstance(thread, ConsumerThread):
+            return
+        for tp in sink.restoring():
+            position = thread.position_now(tp)
+            if position is not None:
+                sink.read_through(tp, position)
 
     async def _deliver(self, sink: Sink, records: Mapping[TP, Any], active: set[TP] | None) -> None:
         app = self.app
@@ -291,6 +317,17 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         offset: int = self._ensure_consumer().last_stable_offset(tp)
         return offset
 
+    def position_now(self, tp: TP) -> int | None:
+        """The next offset the consumer returns for ``tp`` (past any transaction markers
+        it read), or None when unknown; read without waiting."""
+        subscription = self._ensure_consumer()._subscription.subscription
+        assignment = None if subscription is None else subscription.assignment
+        state = None if assignment is None else assignment.state_value(tp)
+        if state is None or not state.has_valid_position:
+            return None
+        position: int = state.position
+        return position
+
     async def on_start(self) -> None:
         await super().on_start()
         consumer = self._consumer
@@ -314,14 +351,16 @@ class Transport(driver.Transport):
     Consumer: ClassVar[type[ConsumerT]] = BatchConsumer
 
 
-def use_batch_consumer(app: faust.App, sink: Sink) -> None:
+def use_batch_consumer(app: faust.App, sink: Sink, *, transactions: bool = False) -> None:
     """Give ``app`` a consumer handing its batches to ``sink``.
 
     Call before anything touches ``app.transport``. ``stream_wait_empty`` makes
-    faust wait for the batch in flight on revoke and on stop.
+    faust wait for the batch in flight on revoke and on stop. ``transactions``:
+    the sink commits the offsets in its own transactions (``exactly_once``).
     """
 
-    bound = type("BoundBatchConsumer", (BatchConsumer,), {"sink": sink})
+    attributes = {"sink": sink, "offsets_in_transactions": transactions}
+    bound = type("BoundBatchConsumer", (BatchConsumer,), attributes)
     transport = type("BoundTransport", (Transport,), {"Consumer": bound})
 
     app.conf.stream_wait_empty = True

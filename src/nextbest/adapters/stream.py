@@ -38,8 +38,9 @@ from datetime import datetime
 from typing import Any
 
 from nextbest.adapters.cache import StateCache
+from nextbest.adapters.outputs import BatchOutput, Outputs
 from nextbest.adapters.projection import RedisMirror
-from nextbest.adapters.table import ContextTable, Record, Sender
+from nextbest.adapters.table import ContextTable, Record
 from nextbest.adapters.topics import TopicNames, partition_for
 from nextbest.core import state as states
 from nextbest.core import triggers as trigger_codec
@@ -129,6 +130,8 @@ class _Source:
 class _Read:
     """What the records of one batch turned into, before the core sees them."""
 
+    output: BatchOutput  # where the batch's records go (see adapters/outputs.py)
+    consumed: dict[str, int] = field(default_factory=dict)  # topic -> next offset
     events: list[tuple[Event, _Source]] = field(default_factory=list)
     sends: list[Awaitable[Any]] = field(default_factory=list)  # dead letters, forwards
     tick: bool = False
@@ -143,7 +146,7 @@ class EventHandler:
         *,
         engine: Engine,
         table: ContextTable,
-        producer: Sender,
+        outputs: Outputs,
         names: TopicNames,
         index: DueIndex,
         mirror: RedisMirror,
@@ -154,7 +157,7 @@ class EventHandler:
     ) -> None:
         self._engine = engine
         self._table = table
-        self._producer = producer
+        self._outputs = outputs
         self._names = names
         self._rekey = names.rekey
         self._ticks = names.ticks
@@ -178,9 +181,10 @@ class EventHandler:
         now = self._clock()
         applied = self._table.applied(partition)
         next_applied = dict(applied)
-        read = _Read()
+        read = _Read(self._outputs.open(partition))
         for tp, records in batch:
             topic = tp.topic
+            read.consumed[topic] = records[-1].offset + 1
             start = applied.get(topic, 0)
             for record in records:
                 if record.offset < start:
@@ -217,6 +221,7 @@ class EventHandler:
                               next_applied)  # fmt: skip
         except BaseException:
             self._reschedule(partition, due, {})  # the deadlines stay pending
+            await read.output.abort()
             raise
 
     async def _read(self, record: Record, partition: int, now: datetime, read: _Read) -> None:
@@ -240,19 +245,19 @@ class EventHandler:
         except Rejected as rejection:
             read.sends.append(
                 await self._dead_letter(
-                    record, headers, origin, rejection.reason, rejection.message
+                    read.output, record, headers, origin, rejection.reason, rejection.message
                 )
             )
             return
         except Exception as error:  # a bug in the parser: reported, never a stuck partition
-            read.sends.append(await self._internal(record, headers, origin, error))
+            read.sends.append(await self._internal(read.output, record, headers, origin, error))
             return
         key = event.subject.encode()
         home = partition_for(key, self._partitions)
         if home != partition and record.topic != self._rekey:
             self._metrics.rekeyed.labels(origin.channel).inc()
             read.sends.append(
-                await self._producer.send(
+                await read.output.send(
                     self._rekey, key, record.value, home, record.timestamp / 1000,
                     [*headers, *origin.headers()],
                 )
@@ -291,7 +296,7 @@ class EventHandler:
             if event.subject in unreadable:
                 read.sends.append(
                     await self._dead_letter(
-                        source.record, source.headers, source.origin, Reason.INTERNAL,
+                        read.output, source.record, source.headers, source.origin, Reason.INTERNAL,
                         "the customer's stored state could not be read",
                     )
                 )  # fmt: skip
@@ -351,8 +356,8 @@ class EventHandler:
             channel = source.origin.channel
             if outcome.error is not None:
                 sends.append(
-                    await self._internal(source.record, source.headers, source.origin,
-                                         outcome.error)
+                    await self._internal(read.output, source.record, source.headers,
+                                         source.origin, outcome.error)
                 )  # fmt: skip
                 continue
             if not outcome.applied:
@@ -364,10 +369,10 @@ class EventHandler:
                 if outcome.beyond:
                     metrics.late.labels(channel).inc()
             for other in outcome.also:  # deadlines before it; later events it corrected
-                await self._emit(other, _moment(other), sends)
-            await self._emit(outcome, source.record.timestamp / 1000, sends)
+                await self._emit(other, _moment(other), read)
+            await self._emit(outcome, source.record.timestamp / 1000, read)
         for outcome in expired:
-            await self._emit(outcome, _moment(outcome), sends)
+            await self._emit(outcome, _moment(outcome), read)
         documents: dict[str, bytes] = {}
         changes: dict[bytes, bytes] = {}
         for subject, state in changed.items():
@@ -377,11 +382,13 @@ class EventHandler:
         applied = self._table.applied(partition)
         unrecorded = sum(n - applied.get(topic, 0) for topic, n in next_applied.items())
         if changes or unrecorded >= UNRECORDED_MAX:
-            sends.extend(await self._table.stage(partition, changes, next_applied))
+            sends.extend(await self._table.stage(partition, changes, next_applied, read.output))
             acks = await asyncio.gather(*sends)
+            await read.output.commit(read.consumed)
             self._table.write(partition, changes, next_applied, acks[-1].offset)
         elif sends:  # ticks, repeats, dead letters, forwards: nothing to store, yet
             await asyncio.gather(*sends)
+            await read.output.commit(read.consumed)
         applied_at = time.time()
         cache, index, engine = self._cache, self._index, self._engine
         for subject, state in changed.items():
@@ -393,7 +400,7 @@ class EventHandler:
                 context.customer_id, context.version, documents[subject], applied_at=applied_at
             )
 
-    async def _emit(self, outcome: Outcome, since: float, sends: list[Awaitable[Any]]) -> None:
+    async def _emit(self, outcome: Outcome, since: float, read: _Read) -> None:
         """Count the suppressions; send the trigger, if any (its latency from ``since``)."""
         metrics = self._metrics
         for action, reason in outcome.suppressed:
@@ -402,7 +409,7 @@ class EventHandler:
         if trigger is None or outcome.snapshot is None:
             return
         document = states.encode_document(outcome.snapshot)
-        sent = await self._producer.send(
+        sent = await read.output.send(
             self._names.triggers[trigger.channel],
             trigger.subject.encode(),
             trigger_codec.encode(trigger, document),
@@ -419,10 +426,11 @@ class EventHandler:
 
         if isinstance(sent, asyncio.Future):
             sent.add_done_callback(acked)
-        sends.append(sent)
+        read.sends.append(sent)
 
     async def _dead_letter(
         self,
+        output: BatchOutput,
         record: Record,
         headers: list[tuple[str, bytes]],
         origin: Origin,
@@ -432,7 +440,7 @@ class EventHandler:
         """Send the record's original bytes to ``events.deadletter`` with the reason headers."""
         self._metrics.rejected.labels(origin.channel, reason.value).inc()
         own = {CHANNEL_HEADER, *ORIGIN_HEADERS}
-        return await self._producer.send(
+        return await output.send(
             self._names.deadletter,
             record.key,
             record.value,
@@ -449,13 +457,18 @@ class EventHandler:
         )
 
     async def _internal(
-        self, record: Record, headers: list[tuple[str, bytes]], origin: Origin, error: Exception
+        self,
+        output: BatchOutput,
+        record: Record,
+        headers: list[tuple[str, bytes]],
+        origin: Origin,
+        error: Exception,
     ) -> Awaitable[Any]:
         log_failure(
             log, error, "internal error on %s[%d]@%d", origin.topic, origin.partition, origin.offset
         )
         return await self._dead_letter(
-            record, headers, origin, Reason.INTERNAL, f"{type(error).__name__}: {error}"
+            output, record, headers, origin, Reason.INTERNAL, f"{type(error).__name__}: {error}"
         )
 
     # --- around batches ------------------------------------------------------------------

@@ -157,11 +157,16 @@ class ContextTable:
         return token
 
     async def stage(
-        self, partition: int, changes: Mapping[bytes, bytes], applied: Mapping[str, int]
+        self,
+        partition: int,
+        changes: Mapping[bytes, bytes],
+        applied: Mapping[str, int],
+        sender: Sender | None = None,
     ) -> list[Awaitable[Any]]:
-        """Send ``changes`` and ``applied`` to the changelog; the applied offsets go last."""
+        """Send ``changes`` and ``applied`` to the changelog (through ``sender``, the
+        batch's output, else the producer); the applied offsets go last."""
         headers = [(OWNER_HEADER, await self.claim(partition))]
-        send = self._producer.send
+        send = (sender or self._producer).send
         topic = self.changelog
         pending = [
             await send(topic, key, value, partition, None, headers)
@@ -246,6 +251,33 @@ class ContextTable:
         received[tp] = time.monotonic()
         self._maybe_end_recovery()
         return True
+
+    def restoring(self) -> list[Any]:
+        """The changelog partitions being restored (active ones in a recovery, standbys)."""
+        recovery = self._recovery()
+        active = list(recovery.active_tps) if recovery.in_recovery else []
+        return [*active, *recovery.standby_tps]
+
+    def read_through(self, tp: Any, position: int) -> None:
+        """The consumer has read ``tp`` up to ``position`` (the next offset it returns),
+        and the records below it were given to :meth:`restore`.
+
+        A changelog written in transactions (``exactly_once``) ends with a commit
+        marker, an offset with no record: faust's recovery waits for the end offset
+        minus one, which no record ever reaches.
+        """
+        recovery = self._recovery()
+        if tp in recovery.active_tps:
+            offsets, highwaters = recovery.active_offsets, recovery.active_highwaters
+        elif tp in recovery.standby_tps:
+            offsets, highwaters = recovery.standby_offsets, recovery.standby_highwaters
+        else:
+            return
+        seen, highwater = offsets.get(tp), highwaters.get(tp)
+        if seen is None or highwater is None or seen >= highwater or position - 1 <= seen:
+            return
+        offsets[tp] = min(position - 1, highwater)
+        self._maybe_end_recovery()
 
     def _fence(self, tp: Any) -> bytes | None:
         """The token of ``tp``'s latest claim, as far as this restore has read."""
