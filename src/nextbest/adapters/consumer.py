@@ -82,8 +82,11 @@ class Sink(Protocol):
     def restoring(self) -> Sequence[TP]:
         """The changelog partitions being restored."""
 
+    def restored_to(self, tp: TP) -> int | None:
+        """The last offset of ``tp`` restored, while short of its end; else None."""
+
     def read_through(self, tp: TP, position: int) -> None:
-        """Every record of ``tp`` below ``position`` was read (the rest: markers)."""
+        """No record of ``tp`` lies below ``position`` beyond what was restored."""
 
 
 class BatchConsumer(driver.Consumer):
@@ -101,6 +104,7 @@ class BatchConsumer(driver.Consumer):
         self._handled_up_to: dict[TP, int] = {}  # next offset to commit, per handled tp
         self._read_at: dict[TP, float] = {}  # timestamp (s) of the last record read, per tp
         self._in_flight: asyncio.Task[None] | None = None
+        self._rereading: dict[TP, int] = {}  # changelogs read again from an offset, to check
         self._failures = 0
 
     # --- offsets -----------------------------------------------------------------------
@@ -168,7 +172,7 @@ class BatchConsumer(driver.Consumer):
                     continue
                 if records:
                     await self._deliver(sink, records, active)
-                self._read_through(sink)
+                await self._read_through(sink, records or {})
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -180,15 +184,40 @@ class BatchConsumer(driver.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    def _read_through(self, sink: Sink) -> None:
-        """Tell the restorer how far its changelogs were read, markers included."""
+    async def _read_through(self, sink: Sink, fetched: Mapping[TP, Any]) -> None:
+        """Settle how far the restorer's changelogs were read, when the consumer went
+        past the last restored record and the fetch returned nothing more of them.
+
+        What lies between can be transaction markers and aborted records (a
+        changelog written with ``exactly_once``), which a restore never receives;
+        or records that were read and lost on the way, which it must receive. So
+        the partition is read again from after the last restored record: if that
+        again returns no record, the offsets were markers and the restore is done
+        with them; if it returns records, they go to the restore as usual.
+        """
         thread = self._thread
         if not isinstance(thread, ConsumerThread):
             return
+        rereading = self._rereading
+        for tp in [tp for tp in rereading if tp in fetched]:
+            del rereading[tp]
+            log.warning("%s[%d]: records had been read past without reaching the table "
+                        "restore; read again", tp.topic, tp.partition)  # fmt: skip
         for tp in sink.restoring():
+            if tp in fetched:
+                continue
+            restored = sink.restored_to(tp)
             position = thread.position_now(tp)
-            if position is not None:
-                sink.read_through(tp, position)
+            if restored is None or position is None or position <= restored + 1:
+                continue
+            if rereading.get(tp) == restored + 1:
+                del rereading[tp]
+                sink.read_through(tp, position)  # read again, and still nothing: markers
+            else:
+                rereading[tp] = restored + 1
+                await self.seek(tp, restored + 1)
+        for tp in [tp for tp in rereading if tp not in sink.restoring()]:
+            del rereading[tp]
 
     async def _deliver(self, sink: Sink, records: Mapping[TP, Any], active: set[TP] | None) -> None:
         app = self.app

@@ -258,26 +258,36 @@ class ContextTable:
         active = list(recovery.active_tps) if recovery.in_recovery else []
         return [*active, *recovery.standby_tps]
 
+    def restored_to(self, tp: Any) -> int | None:
+        """The last offset of ``tp`` restored, while short of its end; else None."""
+        offsets, highwaters = self._progress(tp)
+        seen, highwater = offsets.get(tp), highwaters.get(tp)
+        if seen is None or highwater is None or seen >= highwater:
+            return None
+        return int(seen)
+
     def read_through(self, tp: Any, position: int) -> None:
-        """The consumer has read ``tp`` up to ``position`` (the next offset it returns),
-        and the records below it were given to :meth:`restore`.
+        """No record of ``tp`` lies below ``position`` beyond what was restored.
 
         A changelog written in transactions (``exactly_once``) ends with a commit
-        marker, an offset with no record: faust's recovery waits for the end offset
-        minus one, which no record ever reaches.
+        marker, an offset without a record: faust's recovery waits for the end
+        offset minus one, which no record ever reaches.
         """
-        recovery = self._recovery()
-        if tp in recovery.active_tps:
-            offsets, highwaters = recovery.active_offsets, recovery.active_highwaters
-        elif tp in recovery.standby_tps:
-            offsets, highwaters = recovery.standby_offsets, recovery.standby_highwaters
-        else:
-            return
+        offsets, highwaters = self._progress(tp)
         seen, highwater = offsets.get(tp), highwaters.get(tp)
         if seen is None or highwater is None or seen >= highwater or position - 1 <= seen:
             return
         offsets[tp] = min(position - 1, highwater)
         self._maybe_end_recovery()
+
+    def _progress(self, tp: Any) -> tuple[Any, Any]:
+        """faust's offsets and highwaters of ``tp``'s restore (empty if not restored)."""
+        recovery = self._recovery()
+        if tp in recovery.active_tps:
+            return recovery.active_offsets, recovery.active_highwaters
+        if tp in recovery.standby_tps:
+            return recovery.standby_offsets, recovery.standby_highwaters
+        return {}, {}
 
     def _fence(self, tp: Any) -> bytes | None:
         """The token of ``tp``'s latest claim, as far as this restore has read."""
