@@ -139,11 +139,14 @@ class Transactional:
         return producer
 
     async def own(self, partitions: set[int]) -> None:
-        """Start the producers of ``partitions`` at once: that fences the previous
-        owner's before this worker reads a record of them; close the others'."""
-        await self.release((set(self._producers) | self._fenced) - partitions)
+        """After a rebalance: new producers for ``partitions``, started at once.
+
+        Starting one fences the previous owner's before this worker reads a record
+        of the partition. Every producer is new, even for a partition this worker
+        kept: it may have lost it while paused, and had its producer fenced since.
+        """
+        await self.release(set(self._producers) | self._fenced)
         for partition in sorted(partitions):
-            self._fenced.discard(partition)
             await self.producer(partition)
 
     def is_fenced(self, partition: int) -> bool:
