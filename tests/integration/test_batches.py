@@ -67,6 +67,21 @@ async def send_journeys(bootstrap: str, count: int, seed: int) -> list[Event]:
     return sent
 
 
+async def dies_of(worker: WorkerProcess, fault: dict[str, str]) -> None:
+    """Start ``worker`` (on its disk) with a fault of ``faults/`` that kills it as
+    ``kill -9`` would; wait for it to die so."""
+    worker.env = {
+        **worker.env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
+        **fault,
+    }
+    with contextlib.suppress(AssertionError):  # it may well die before it says it is ready
+        worker.start(data_dir=worker.data_dir)
+    assert worker.process is not None
+    await asyncio.to_thread(worker.process.wait, 60)
+    assert worker.process.returncode == 137, worker.tail()
+
+
 async def until_applied(worker: WorkerProcess, expected: Expectation, within: float) -> None:
     """Wait until the worker's mirror shows every customer at its expected version."""
     from tests.integration.test_recovery import versions  # the mirror's view
@@ -138,15 +153,7 @@ async def test_kill_9_in_the_middle_of_a_batch_loses_and_doubles_nothing(
     assert worker.stop() == 0
     events = await send_journeys(kafka_bootstrap, 3000, seed=11)
     expected = expect(ENGINE, events, until=datetime.now(UTC))
-    worker.env = {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
-        "NEXTBEST_FAULT_DIE_ON_WRITE": "3",
-    }
-    with contextlib.suppress(AssertionError):  # it may well die before it says it is ready
-        worker.start(data_dir=worker.data_dir)
-    assert worker.process is not None
-    await asyncio.to_thread(worker.process.wait, 60)
-    assert worker.process.returncode == 137  # died mid-batch, as planned
+    await dies_of(worker, {"NEXTBEST_FAULT_DIE_ON_WRITE": "3"})  # mid-batch, as planned
     worker.env = {}
     worker.start(data_dir=worker.data_dir)
     try:

@@ -9,9 +9,6 @@ transaction, reads the batch again and commits it once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +22,8 @@ from nextbest.oracle import expect
 from tests.integration.harness import WorkerProcess
 from tests.integration.test_batches import (
     ENGINE,
-    FAULTS,
     assert_as_the_oracle_says,
+    dies_of,
     send_journeys,
     until_applied,
 )
@@ -53,16 +50,7 @@ async def test_a_worker_killed_in_a_transaction_leaves_each_trigger_once(
     assert worker.stop() == 0, worker.tail()
     events = await send_journeys(kafka_bootstrap, 3000, seed=21)
     expected = expect(ENGINE, events, until=datetime.now(UTC))
-    worker.env = {
-        **EXACTLY_ONCE,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
-        "NEXTBEST_FAULT_DIE_IN_TRANSACTION": "2",
-    }
-    with contextlib.suppress(AssertionError):  # it may well die before it says it is ready
-        worker.start(data_dir=worker.data_dir)
-    assert worker.process is not None
-    await asyncio.to_thread(worker.process.wait, 60)
-    assert worker.process.returncode == 137, worker.tail()  # died in a transaction
+    await dies_of(worker, {"NEXTBEST_FAULT_DIE_IN_TRANSACTION": "2"})  # in a transaction
     worker.env = EXACTLY_ONCE
     worker.start(data_dir=worker.data_dir)
     try:

@@ -50,10 +50,11 @@ class Case:
 
 CART = {"sku": "A1", "qty": 1, "price": 10}
 REMOVE = {"sku": "A1", "qty": 1}
+STORE = {"store_id": "s-1"}
 CASES = [
     Case(
         "switch to store",
-        (Step("web", "product.viewed", {"sku": "TV-1"}, 60), Step("store", "store.visited", {"store_id": "s-1"})),
+        (Step("web", "product.viewed", {"sku": "TV-1"}, 60), Step("store", "store.visited", STORE)),
         ("store", "associate_assist"),
         {"current_channel": "store"},
     ),

@@ -27,6 +27,15 @@ def parts(tmp_path: Path) -> tuple[Any, Any, ContextTable]:
     return table, recovery, ContextTable(table, CHANGELOG, FakeProducer(), lambda: recovery)
 
 
+def restoring(table: Any, recovery: Any, active: Any, offset: int, highwater: int) -> None:
+    """``active`` assigned and being restored from after ``offset`` up to ``highwater``
+    (faust keeps the last offset, not the end)."""
+    recovery.add_active(table, active)
+    recovery.active_offsets[active] = offset
+    recovery.active_highwaters[active] = highwater
+    recovery._set_recovery_started()
+
+
 def changelog(partition: int, *entries: tuple[int, bytes, bytes | None]) -> list[FakeRecord]:
     return [FakeRecord(CHANGELOG, partition, offset, value, key) for offset, key, value in entries]
 
@@ -36,10 +45,7 @@ async def test_a_restore_writes_the_fetch_and_ends_recovery_at_the_highwater(
 ) -> None:
     table, recovery, contexts = parts
     active = tp(CHANGELOG, 3)
-    recovery.add_active(table, active)
-    recovery.active_offsets[active] = -1
-    recovery.active_highwaters[active] = 3  # faust keeps the last offset, not the end
-    recovery._set_recovery_started()
+    restoring(table, recovery, active, -1, 3)
     assert contexts.restore(active, changelog(3, (0, b"c-1", b"v1"), (1, b"c-2", b"v2")))
     assert recovery.in_recovery  # not all there yet
     assert contexts.restore(
@@ -153,10 +159,7 @@ async def test_a_changelog_ending_in_a_transaction_marker_ends_its_recovery(
     """exactly_once: offset 2 is the commit marker, which no fetch returns as a record."""
     table, recovery, contexts = parts
     active = tp(CHANGELOG, 3)
-    recovery.add_active(table, active)
-    recovery.active_offsets[active] = -1
-    recovery.active_highwaters[active] = 2  # the end offset (3) minus one: the marker
-    recovery._set_recovery_started()
+    restoring(table, recovery, active, -1, 2)  # the end offset (3) minus one: the marker
     assert contexts.restoring() == [active]
     assert contexts.restore(active, changelog(3, (0, b"c-1", b"v1"), (1, APPLIED_KEY, b"{}")))
     contexts.read_through(active, 2)  # the consumer has not passed the marker yet
