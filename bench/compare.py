@@ -25,7 +25,12 @@ nothing of yours is touched and no arm inherits another's data):
    drain, RocksDB flushes and the like go on for seconds), then a warm-up
    precedes the measured window; a load the arm cannot keep up with is
    reported as such, with how far behind it ended.
-3. **Changelog recovery** (nextbest): a new worker with an empty data dir
+3. **Every event a switch** (``--switches``): customers who viewed a help page
+   on web each open a chat, so every event fires ``agent_handoff`` — the
+   trigger-heavy mix of a retailer's peak. The warm-up is applied first; the
+   arm is stopped, the chats written, and the restarted arm drains them:
+   throughput and CPU per 1,000 as in 1., outputs being the triggers.
+4. **Changelog recovery** (nextbest): a new worker with an empty data dir
    restores the table; records restored / seconds to ready.
 
 Peak RSS is the arm process's high-water mark. Results go to
@@ -65,7 +70,7 @@ from redis.asyncio import Redis
 from bench.arms.floor import OUTPUT_TOPIC
 from bench.procstat import cpu_seconds, peak_rss_bytes
 from bench.report import render
-from bench.workload import Sent, Workload, open_loop, preload
+from bench.workload import Sent, Switches, Workload, open_loop, preload, send_all
 from nextbest.adapters.clients import kafka_client_options, redis_client
 from nextbest.adapters.projection import KEY_PREFIX, UPDATES_PREFIX
 from nextbest.adapters.topics import changelog_topic
@@ -117,6 +122,7 @@ class Plan:
     # count of applied events (a profile's document is no longer one per customer id)
     identities: bool = False
     by_metrics: bool = False
+    switches: int = 20_000  # the trigger-heavy mix: customers who each open a chat
 
 
 @dataclass
@@ -156,6 +162,18 @@ class RunResult:
     loads: list[LoadResult] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     recovery: dict[str, float] | None = None
+    switches: SwitchResult | None = None
+
+
+@dataclass
+class SwitchResult:
+    """The trigger-heavy mix: a backlog of channel switches, each firing a trigger."""
+
+    events: int
+    outputs: int  # triggers (nextbest, Quix) or copies (floor) seen for them
+    seconds: float
+    events_per_s: float
+    cpu_s_per_1k: float
 
 
 class Arm:
@@ -265,9 +283,13 @@ class Watch:
             await self._offsets.stop()
 
     async def _output_count(self) -> int:
+        return await self.end_offsets([OUTPUT_TOPIC])
+
+    async def end_offsets(self, topics: list[str]) -> int:
+        """The sum of the end offsets of every partition of ``topics``."""
         assert self._offsets is not None
         ends = await self._offsets.end_offsets(
-            [TopicPartition(OUTPUT_TOPIC, p) for p in range(self.workload.partitions)]
+            [TopicPartition(t, p) for t in topics for p in range(self.workload.partitions)]
         )
         return sum(ends.values())
 
@@ -519,6 +541,10 @@ class Bench:
                         f"caught up {load.caught_up}"
                     )
                 result.peak_rss_mb = round(peak_rss_bytes(arm.pid) / 2**20, 1)
+                if self.plan.switches:
+                    switches = Switches(journeys, settings.channels, settings.topic_partitions)
+                    result.switches = await self._switches(arm, watch, switches, settings, rep)
+                    say(f"  {name}, every event a switch: {result.switches}")
             arm.stop()
             if name == "nextbest" and self.plan.loads:
                 result.recovery = await self._recovery(arm, settings)
@@ -573,6 +599,69 @@ class Bench:
             redis_cpu_s_per_1k=round(redis_cpu / self.plan.events * 1000, 4),
             first_output_after_s=round(first - arm.started_at, 2),
         )
+
+    async def _outputs(self, watch: Watch, arm: str) -> int:
+        """Records so far on the arm's output topics: the floor's copies, or triggers."""
+        channels = watch.settings.channels
+        topics = [OUTPUT_TOPIC] if arm == "floor" else [f"triggers.{c}" for c in channels]
+        return await watch.end_offsets(topics)
+
+    async def _switches(
+        self, arm: Arm, watch: Watch, switches: Switches, settings: Settings, rep: int
+    ) -> SwitchResult:
+        """Every event a channel switch that fires ``agent_handoff``, as a backlog.
+
+        ``plan.switches`` customers view a help page on web (applied by the running
+        arm before anything is measured); the arm is stopped, each customer's
+        ``chat.started`` is written, and the restarted arm drains them: events / (last
+        output - first output), where an output is the trigger (the floor: the copy).
+        """
+        count = self.plan.switches
+        security = kafka_client_options(settings)
+        before = await self._outputs(watch, arm.name)
+        await send_all(switches.warm(count, time.time()), settings.kafka_bootstrap, security)
+        if arm.name == "floor":
+            warmed = await wait_until(
+                lambda: self._at_least(watch, arm.name, before + count), within=300, arm=arm
+            )
+        else:
+            warmed = await wait_until(
+                Watch(arm.name, settings, watch.redis, switches).caught_up,
+                within=300,
+                arm=arm,
+            )
+        if warmed is None:
+            raise RuntimeError(f"{arm.name} did not apply {count:,} help page views in 300 s")
+        arm.stop()
+        base = await self._outputs(watch, arm.name)
+        moment = time.time()
+        records = (switches.record(moment) for _ in range(count))
+        await send_all(records, settings.kafka_bootstrap, security)
+        arm.start(self.workdir / f"data-{arm.name}-{rep}")
+        first = await wait_until(
+            lambda: self._at_least(watch, arm.name, base + 1), within=120, arm=arm, every=0.02
+        )
+        if first is None:
+            raise RuntimeError(f"{arm.name} emitted nothing for the switches within 120 s")
+        cpu_first = cpu_seconds(arm.pid)
+        done = await wait_until(
+            lambda: self._at_least(watch, arm.name, base + count), within=600, arm=arm
+        )
+        outputs = await self._outputs(watch, arm.name) - base
+        if done is None:
+            raise RuntimeError(f"{arm.name}: {outputs:,} outputs for {count:,} switches in 600 s")
+        cpu = cpu_seconds(arm.pid) - cpu_first
+        seconds = max(done - first, 1e-3)
+        return SwitchResult(
+            events=count,
+            outputs=outputs,
+            seconds=round(seconds, 2),
+            events_per_s=round(count / seconds, 1),
+            cpu_s_per_1k=round(cpu / count * 1000, 4),
+        )
+
+    async def _at_least(self, watch: Watch, arm: str, wanted: int) -> bool:
+        return await self._outputs(watch, arm) >= wanted
 
     def _profile(self, arm: Arm, rep: int) -> subprocess.Popen[bytes] | None:
         """With ``--profile``: py-spy samples the arm while it drains (collapsed stacks)."""
@@ -740,6 +829,11 @@ def summarise(results: list[RunResult]) -> dict[str, Any]:
                     "samples": sum(x.samples for x in loads),
                 }
             )
+        switches = [r.switches for r in runs if r.switches]
+        if switches:
+            entry["switches_per_s"] = statistics.median(x.events_per_s for x in switches)
+            entry["switches_cpu_s_per_1k"] = statistics.median(x.cpu_s_per_1k for x in switches)
+            entry["switches_events"] = switches[0].events
         recoveries = [r.recovery for r in runs if r.recovery]
         if recoveries:
             entry["recovery_records_per_s"] = statistics.median(
@@ -787,6 +881,12 @@ def main() -> None:
         help="Kafka,controller,Redis ports of the bench's own stack (default 19092,19093,16379)"
         " — another on the machine may be using those",
     )  # fmt: skip
+    parser.add_argument(
+        "--switches",
+        type=int,
+        default=20_000,
+        help="customers in the trigger-heavy mix (every event a switch); 0 skips it",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / ".dev" / "bench")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
@@ -806,6 +906,7 @@ def main() -> None:
         rates=tuple(float(r) for r in args.rates.split(",") if r),
         identities=args.identities,
         by_metrics=args.by_metrics or args.identities,
+        switches=0 if args.drain_only else min(args.switches, 5_000 if args.quick else 10**9),
     )
     # the dedicated stack, for every stack() call
     ports = dict(STACK_ENV)

@@ -66,6 +66,71 @@ class Workload:
         return dict(self.last.values())
 
 
+@dataclass
+class Switches(Workload):
+    """The trigger-heavy mix: customers who viewed a help page on web (the warm-up,
+    sent and applied before anything is measured) each open a chat — every measured
+    event is a channel switch that fires ``agent_handoff``."""
+
+    warmed: int = 0  # customers whose help page view was sent
+    used: int = 0  # customers who opened their chat
+
+    def warm(self, count: int, intended: float) -> Iterator[tuple[str, int, bytes, bytes, Sent]]:
+        """The warm-up records of ``count`` more customers."""
+        for _ in range(count):
+            self.warmed += 1
+            yield self._one("web", "page.viewed", self.warmed, {"page_type": "help"}, intended)
+
+    def record(self, intended: float) -> tuple[str, int, bytes, bytes, Sent]:
+        if self.used >= self.warmed:
+            raise RuntimeError("every warmed customer has opened a chat: warm more first")
+        self.used += 1
+        return self._one("chat", "chat.started", self.used, {}, intended)
+
+    def _one(
+        self, channel: str, kind: str, number: int, data: dict[str, Any], intended: float
+    ) -> tuple[str, int, bytes, bytes, Sent]:
+        customer = f"switch-{number}"
+        document = {
+            "specversion": "1.0",
+            "id": f"{kind}-{number}",
+            "source": f"/bench/{channel}",
+            "type": kind,
+            "time": datetime.fromtimestamp(intended, UTC).isoformat(),
+            "subject": customer,
+            "data": data,
+        }
+        key = customer.encode()
+        topic = f"events.{channel}"
+        partition = partition_for(key, self.partitions)
+        self.sent += 1
+        self.versions[customer] += 1
+        self.last[(topic, partition)] = (customer, self.versions[customer])
+        return (
+            topic,
+            partition,
+            key,
+            orjson.dumps(document),
+            Sent(document["id"], customer, intended),
+        )
+
+
+async def send_all(
+    records: Iterator[tuple[str, int, bytes, bytes, Sent]],
+    bootstrap: str,
+    client_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Send ``records`` as fast as possible."""
+    kafka = producer(bootstrap, linger_ms=20, client_options=client_options)
+    await kafka.start()
+    try:
+        for topic, partition, key, value, _ in records:
+            await kafka.send(topic, value, key=key, partition=partition)
+        await kafka.flush()
+    finally:
+        await kafka.stop()
+
+
 def producer(
     bootstrap: str, *, linger_ms: int, client_options: Mapping[str, Any] | None = None
 ) -> AIOKafkaProducer:

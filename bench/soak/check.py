@@ -34,10 +34,15 @@ from nextbest.oracle import differences, expect, judge_triggers
 log = logging.getLogger(__name__)
 
 
-async def read_all(bootstrap: str, topics: list[str]) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of ``topics``, from the start to their end as they are now."""
+async def read_all(
+    bootstrap: str, topics: list[str], *, committed_only: bool = False
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topics``, from the start to their end as they are now;
+    ``committed_only``: as a ``read_committed`` consumer sees them."""
+    isolation = "read_committed" if committed_only else "read_uncommitted"
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                request_timeout_ms=20_000)  # fmt: skip
+                                request_timeout_ms=20_000,
+                                isolation_level=isolation)  # fmt: skip
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from nextbest.simulator.journeys import Journeys
 
@@ -122,7 +123,16 @@ async def burst(bootstrap: str, channel: str, count: int, max_bytes: int = 65536
     try:
         for number in range(count):
             value = oversize if number % 500 == 0 else HOSTILE[number % len(HOSTILE)]
-            await producer.send(f"events.{channel}", value, key=f"hostile-{number}".encode())
+            while True:  # a broker just back may not know the topic for a moment
+                try:
+                    await producer.send(
+                        f"events.{channel}", value, key=f"hostile-{number}".encode()
+                    )
+                    break
+                except KafkaError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
             sent += 1
         await producer.flush()
     finally:

@@ -32,9 +32,11 @@ from nextbest.adapters.clients import (
 )
 from nextbest.adapters.consumer import use_batch_consumer
 from nextbest.adapters.identity import IdentityConfig
+from nextbest.adapters.outputs import Direct, Outputs, Transactional
 from nextbest.adapters.pages import add_pages
 from nextbest.adapters.projection import RedisMirror
 from nextbest.adapters.services import (
+    closing,
     every_second,
     guarded,
     lag_updater,
@@ -154,6 +156,7 @@ class _Sink:
         self.topics: frozenset[str] = frozenset()
         self.clocks: frozenset[str] = frozenset()
         self.handler: EventHandler | None = None
+        self.table: ContextTable | None = None
 
     async def handle(self, partition: int, batch: Any, watermark: float) -> None:
         assert self.handler is not None
@@ -162,6 +165,16 @@ class _Sink:
     def restore(self, tp: Any, records: Any) -> bool:
         assert self.handler is not None
         return self.handler.restore(tp, records)
+
+    def restoring(self) -> Any:
+        return [] if self.table is None else self.table.restoring()
+
+    def restored_to(self, tp: Any) -> int | None:
+        return None if self.table is None else self.table.restored_to(tp)
+
+    def read_through(self, tp: Any, position: int) -> None:
+        if self.table is not None:
+            self.table.read_through(tp, position)
 
 
 def build_worker(settings: Settings) -> Worker:
@@ -194,7 +207,9 @@ def build_worker(settings: Settings) -> Worker:
         web_host="0.0.0.0",  # noqa: S104 - scraped by Prometheus from other hosts
     )
     sink = _Sink()
-    use_batch_consumer(app, sink)  # before the topics below touch app.transport
+    transactional = settings.processing_guarantee == "exactly_once"
+    # before the topics below touch app.transport
+    use_batch_consumer(app, sink, transactions=transactional)
     source = _raw_topic(app, *names.sources)
     table = app.Table(
         TABLE,
@@ -219,10 +234,20 @@ def build_worker(settings: Settings) -> Worker:
             profile_id_of(key), version, document
         ),
     )
+    outputs: Outputs = Direct(app.producer)
+    if transactional:
+        outputs = Transactional(
+            app_id=settings.app_id,
+            group_id=app.conf.id,
+            bootstrap=settings.kafka_bootstrap,
+            client_options=kafka_client_options(settings),
+            linger_ms=round(PRODUCER_LINGER * 1000),
+        )
+        app.service(closing(outputs.stop))
     handler = EventHandler(
         engine=engine,
         table=contexts,
-        producer=app.producer,
+        outputs=outputs,
         names=names,
         index=DueIndex(),
         mirror=mirror,
@@ -233,6 +258,7 @@ def build_worker(settings: Settings) -> Worker:
         identity=identity_config(settings),
     )
     sink.topics, sink.clocks, sink.handler = handler.topics, handler.clocks, handler
+    sink.table = contexts
 
     async def subscribe(stream: faust.StreamT[bytes]) -> None:
         """Declares the subscription; the batches themselves go to the handler."""
@@ -246,6 +272,10 @@ def build_worker(settings: Settings) -> Worker:
 
     async def rebuild_index() -> None:
         handler.forget_states()  # partitions moved: another worker may have changed some
+        try:
+            await outputs.own(owned_partitions())  # exactly_once: fence the previous owners
+        except Exception as error:  # then each partition's first batch does it
+            log_failure(log, error, "could not start the transactional producers")
         try:
             handler.rebuild_index(owned_partitions())
         except Exception as error:  # deadlines then fire once events touch them again

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from nextbest.adapters.cache import StateCache
+from nextbest.adapters.outputs import Direct
 from nextbest.adapters.projection import RedisMirror
 from nextbest.adapters.stream import EventHandler
 from nextbest.adapters.table import (
@@ -77,7 +78,7 @@ def harness(
     handler = EventHandler(
         engine=Engine(config or EngineConfig(), load_rules(rules_text, channels=DEFAULT_CHANNELS)),
         table=contexts,
-        producer=producer,
+        outputs=Direct(producer),
         names=NAMES,
         index=index,
         mirror=mirror,

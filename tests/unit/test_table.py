@@ -27,6 +27,15 @@ def parts(tmp_path: Path) -> tuple[Any, Any, ContextTable]:
     return table, recovery, ContextTable(table, CHANGELOG, FakeProducer(), lambda: recovery)
 
 
+def restoring(table: Any, recovery: Any, active: Any, offset: int, highwater: int) -> None:
+    """``active`` assigned and being restored from after ``offset`` up to ``highwater``
+    (faust keeps the last offset, not the end)."""
+    recovery.add_active(table, active)
+    recovery.active_offsets[active] = offset
+    recovery.active_highwaters[active] = highwater
+    recovery._set_recovery_started()
+
+
 def changelog(partition: int, *entries: tuple[int, bytes, bytes | None]) -> list[FakeRecord]:
     return [FakeRecord(CHANGELOG, partition, offset, value, key) for offset, key, value in entries]
 
@@ -36,10 +45,7 @@ async def test_a_restore_writes_the_fetch_and_ends_recovery_at_the_highwater(
 ) -> None:
     table, recovery, contexts = parts
     active = tp(CHANGELOG, 3)
-    recovery.add_active(table, active)
-    recovery.active_offsets[active] = -1
-    recovery.active_highwaters[active] = 3  # faust keeps the last offset, not the end
-    recovery._set_recovery_started()
+    restoring(table, recovery, active, -1, 3)
     assert contexts.restore(active, changelog(3, (0, b"c-1", b"v1"), (1, b"c-2", b"v2")))
     assert recovery.in_recovery  # not all there yet
     assert contexts.restore(
@@ -145,3 +151,23 @@ async def test_a_zombies_writes_after_another_workers_claim_are_not_restored(
     assert (found[b"c-1"], found[b"c-2"], found[b"c-3"]) == (b"v1", b"v2", b"legacy")
     assert found[OWNER_KEY] == b"new-owner"
     assert recovery.active_offsets[active] == 5  # the zombie's record read past, not applied
+
+
+async def test_a_changelog_ending_in_a_transaction_marker_ends_its_recovery(
+    parts: tuple[Any, Any, ContextTable],
+) -> None:
+    """exactly_once: offset 2 is the commit marker, which no fetch returns as a record."""
+    table, recovery, contexts = parts
+    active = tp(CHANGELOG, 3)
+    restoring(table, recovery, active, -1, 2)  # the end offset (3) minus one: the marker
+    assert contexts.restoring() == [active]
+    assert contexts.restore(active, changelog(3, (0, b"c-1", b"v1"), (1, APPLIED_KEY, b"{}")))
+    contexts.read_through(active, 2)  # the consumer has not passed the marker yet
+    assert recovery.in_recovery
+    contexts.read_through(active, 3)  # now it has
+    assert recovery.active_offsets[active] == 2
+    assert not recovery.in_recovery
+    assert recovery.signal_recovery_end.is_set()
+    assert table.data.persisted_offset(active) == 1  # a restart reads the marker again
+    contexts.read_through(tp(CHANGELOG, 4), 10)  # not being restored: nothing happens
+    assert tp(CHANGELOG, 4) not in recovery.active_offsets

@@ -43,6 +43,7 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
 )
+from aiokafka.protocol.coordination import FindCoordinatorRequest
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.produce import ProduceRequest
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 
 TOPIC_AUTHORIZATION_FAILED = 29
 GROUP_AUTHORIZATION_FAILED = 30
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
+TRANSACTION_COORDINATOR = 1  # FindCoordinator's key type of a transactional id
 UNKNOWN_TOPIC_OR_PARTITION = 3
 READ_OPERATION = 3  # bit of Kafka's AclOperation READ in authorized_operations
 GRANT_HINT = "grant it with an ACL (README: Security)"
@@ -88,6 +91,7 @@ class KafkaNeeds:
     group: str | None = None
     create_missing: bool = False
     partitions: int = 1
+    transactional_id: str | None = None  # one it will use (exactly_once)
 
     @property
     def topics(self) -> list[str]:
@@ -105,6 +109,10 @@ def worker_needs(settings: Settings, topics: Iterable[str]) -> KafkaNeeds:
         group=settings.app_id,
         create_missing=True,
         partitions=settings.topic_partitions,
+        # adapters/outputs.py: "<app id>-<partition>"; partition 0's stands for them all
+        transactional_id=(
+            f"{settings.app_id}-0" if settings.processing_guarantee == "exactly_once" else None
+        ),
     )
 
 
@@ -198,6 +206,8 @@ async def _check_kafka(settings: Settings, needs: KafkaNeeds) -> None:
         denied = await _check_topics(admin, client, needs)
         if needs.group is not None and not denied:
             denied = await _check_group(admin, needs.group)
+        if needs.transactional_id is not None and not denied:
+            denied = await _check_transactions(client, needs.transactional_id)
     except KafkaConnectionError as error:  # connected, then dropped: another protocol
         raise AccessError(
             f"{where}: {who} was refused ({type(error).__name__}); is "
@@ -385,6 +395,24 @@ async def _check_group(
             operations = described.get("authorized_operations", -1)
             if operations >= 0 and not operations & (1 << READ_OPERATION):
                 return [_Denied("Read group", [group], "no READ among its operations")]
+    return []
+
+
+async def _check_transactions(client: AIOKafkaClient, transactional_id: str) -> list[_Denied]:
+    """Describe on the transactional id, from FindCoordinator (which fences no one, as
+    starting a transactional producer would)."""
+    node = client.get_random_node()
+    response = await client.send(
+        node, FindCoordinatorRequest(transactional_id, TRANSACTION_COORDINATOR)
+    )
+    if response.error_code == TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        return [
+            _Denied(
+                "use transactional id (exactly_once)",
+                [transactional_id],
+                "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
+            )
+        ]
     return []
 
 

@@ -79,11 +79,22 @@ class Sink(Protocol):
     def restore(self, tp: TP, records: Sequence[Any]) -> bool:
         """Apply changelog records; False when ``tp`` is not being restored."""
 
+    def restoring(self) -> Sequence[TP]:
+        """The changelog partitions being restored."""
+
+    def restored_to(self, tp: TP) -> int | None:
+        """The last offset of ``tp`` restored, while short of its end; else None."""
+
+    def read_through(self, tp: TP, position: int) -> None:
+        """No record of ``tp`` lies below ``position`` beyond what was restored."""
+
 
 class BatchConsumer(driver.Consumer):
     """faust's aiokafka consumer whose fetched batches go to :attr:`sink` whole."""
 
     sink: ClassVar[Sink | None] = None
+    # exactly_once: each batch's transaction commits its offsets; the consumer never does
+    offsets_in_transactions: ClassVar[bool] = False
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -93,6 +104,7 @@ class BatchConsumer(driver.Consumer):
         self._handled_up_to: dict[TP, int] = {}  # next offset to commit, per handled tp
         self._read_at: dict[TP, float] = {}  # timestamp (s) of the last record read, per tp
         self._in_flight: asyncio.Task[None] | None = None
+        self._rereading: dict[TP, int] = {}  # changelogs read again from an offset, to check
         self._failures = 0
 
     # --- offsets -----------------------------------------------------------------------
@@ -103,6 +115,12 @@ class BatchConsumer(driver.Consumer):
             return offset
         result: int | None = super()._new_offset(tp)
         return result
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        if self.offsets_in_transactions:
+            return True  # the batches' transactions did (or will redo) it
+        done: bool = await super()._commit(offsets)
+        return done
 
     def committed(self, tp: TP) -> int:
         """The group's committed offset of ``tp``: as read at assignment, or as we committed."""
@@ -145,14 +163,16 @@ class BatchConsumer(driver.Consumer):
                 records, active = await self._wait_next_records(FETCH_TIMEOUT)
                 self.diag.unset_flag(CONSUMER_FETCHING)
                 await asyncio.sleep(0)  # never hold the loop from fetch to fetch
-                if not records or self.should_stop:
+                if self.should_stop:
                     continue
-                if not self.flow_active:
+                if records and not self.flow_active:
                     # fetched while a rebalance stopped the flow: read again from the
                     # committed offsets once it resumes, as faust's getmany does
                     await self.perform_seek()
                     continue
-                await self._deliver(sink, records, active)
+                if records:
+                    await self._deliver(sink, records, active)
+                await self._read_through(sink, records or {})
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -163,6 +183,41 @@ class BatchConsumer(driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _read_through(self, sink: Sink, fetched: Mapping[TP, Any]) -> None:
+        """Settle how far the restorer's changelogs were read, when the consumer went
+        past the last restored record and the fetch returned nothing more of them.
+
+        What lies between can be transaction markers and aborted records (a
+        changelog written with ``exactly_once``), which a restore never receives;
+        or records that were read and lost on the way, which it must receive. So
+        the partition is read again from after the last restored record: if that
+        again returns no record, the offsets were markers and the restore is done
+        with them; if it returns records, they go to the restore as usual.
+        """
+        thread = self._thread
+        if not isinstance(thread, ConsumerThread):
+            return
+        rereading = self._rereading
+        for tp in [tp for tp in rereading if tp in fetched]:
+            del rereading[tp]
+            log.warning("%s[%d]: records had been read past without reaching the table "
+                        "restore; read again", tp.topic, tp.partition)  # fmt: skip
+        for tp in sink.restoring():
+            if tp in fetched:
+                continue
+            restored = sink.restored_to(tp)
+            position = thread.position_now(tp)
+            if restored is None or position is None or position <= restored + 1:
+                continue
+            if rereading.get(tp) == restored + 1:
+                del rereading[tp]
+                sink.read_through(tp, position)  # read again, and still nothing: markers
+            else:
+                rereading[tp] = restored + 1
+                await self.seek(tp, restored + 1)
+        for tp in [tp for tp in rereading if tp not in sink.restoring()]:
+            del rereading[tp]
 
     async def _deliver(self, sink: Sink, records: Mapping[TP, Any], active: set[TP] | None) -> None:
         app = self.app
@@ -291,6 +346,17 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         offset: int = self._ensure_consumer().last_stable_offset(tp)
         return offset
 
+    def position_now(self, tp: TP) -> int | None:
+        """The next offset the consumer returns for ``tp`` (past any transaction markers
+        it read), or None when unknown; read without waiting."""
+        subscription = self._ensure_consumer()._subscription.subscription
+        assignment = None if subscription is None else subscription.assignment
+        state = None if assignment is None else assignment.state_value(tp)
+        if state is None or not state.has_valid_position:
+            return None
+        position: int = state.position
+        return position
+
     async def on_start(self) -> None:
         await super().on_start()
         consumer = self._consumer
@@ -314,14 +380,16 @@ class Transport(driver.Transport):
     Consumer: ClassVar[type[ConsumerT]] = BatchConsumer
 
 
-def use_batch_consumer(app: faust.App, sink: Sink) -> None:
+def use_batch_consumer(app: faust.App, sink: Sink, *, transactions: bool = False) -> None:
     """Give ``app`` a consumer handing its batches to ``sink``.
 
     Call before anything touches ``app.transport``. ``stream_wait_empty`` makes
-    faust wait for the batch in flight on revoke and on stop.
+    faust wait for the batch in flight on revoke and on stop. ``transactions``:
+    the sink commits the offsets in its own transactions (``exactly_once``).
     """
 
-    bound = type("BoundBatchConsumer", (BatchConsumer,), {"sink": sink})
+    attributes = {"sink": sink, "offsets_in_transactions": transactions}
+    bound = type("BoundBatchConsumer", (BatchConsumer,), attributes)
     transport = type("BoundTransport", (Transport,), {"Consumer": bound})
 
     app.conf.stream_wait_empty = True

@@ -228,7 +228,7 @@ class Coordinator:
         }
         for source in plan.sources:
             work.sends.append(
-                await self._desk.send(source.profile.home, "ship", {
+                await self._desk.send(work, source.profile.home, "ship", {
                     "s": seq, "from": source.profile.key,
                     "take": [list(i) for i in source.taking], "whole": source.whole,
                     "to": target.key, "th": target.home, "n": len(plan.sources),
@@ -255,7 +255,7 @@ class Coordinator:
                    {"need": [profile.key], "got": [], "keys": {profile.key: profile.key},
                     "also": [alone]})  # fmt: skip
         work.sends.append(
-            await self._desk.send(profile.home, "ship", {
+            await self._desk.send(work, profile.home, "ship", {
                 "s": seq, "from": profile.key, "take": [list(leaving)], "split": True,
             })
         )  # fmt: skip
@@ -275,7 +275,7 @@ class Coordinator:
             "m": [list(m.identifier) for m in profile.members],
         }  # fmt: skip
         for partition in range(self._config.partitions):
-            work.sends.append(await self._desk.send(partition, "erase", command))
+            work.sends.append(await self._desk.send(work, partition, "erase", command))
 
     async def _done(self, work: Work, command: Mapping[str, Any]) -> None:
         seq = command["s"]

@@ -156,6 +156,7 @@ class Work:
     now: datetime
     states: dict[str, CustomerState]
     load: Callable[[str], CustomerState | None]
+    output: Sender  # the batch's: every command and forward goes with its transaction
     puts: dict[bytes, bytes | None] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
     forced: set[str] = field(default_factory=set)
@@ -196,7 +197,6 @@ class Desk:
         *,
         engine: Engine,
         table: ContextTable,
-        producer: Sender,
         names: TopicNames,
         metrics: Metrics,
         mirror: RedisMirror,
@@ -204,7 +204,6 @@ class Desk:
     ) -> None:
         self._engine = engine
         self._table = table
-        self._producer = producer
         self._rekey = names.rekey
         self._metrics = metrics
         self._mirror = mirror
@@ -275,7 +274,7 @@ class Desk:
         headers = source.headers
         routed_to = header(headers, PROFILE_HEADER)
         if routed_to is None and event.type in OPERATIONS:
-            work.sends.append(await self._operation(event, source))
+            work.sends.append(await self._operation(work, event, source))
             if event.type != "identity.linked":  # a change of the profile, not an activity
                 return
         if event.subjecttype == CUSTOMER:
@@ -313,12 +312,12 @@ class Desk:
         record = source.record
         self._metrics.routed.inc()
         work.sends.append(
-            await self._producer.send(
+            await work.output.send(
                 self._rekey, record.key, record.value, home, record.timestamp / 1000, headers
             )
         )
 
-    async def _operation(self, event: Event, source: Any) -> Awaitable[Any]:
+    async def _operation(self, work: Work, event: Event, source: Any) -> Awaitable[Any]:
         """Hand an identity operation to the coordinator."""
         data = event.data
         operation: dict[str, Any] = {
@@ -334,10 +333,12 @@ class Desk:
             operation["method"] = data["method"]
         elif event.type == "identity.unlinked":
             operation["leaving"] = [data["type"], data["id"]]
-        return await self.send(COORDINATOR, "op", operation)
+        return await self.send(work, COORDINATOR, "op", operation)
 
-    async def send(self, partition: int, kind: str, command: Mapping[str, Any]) -> Awaitable[Any]:
-        return await self._producer.send(
+    async def send(
+        self, work: Work, partition: int, kind: str, command: Mapping[str, Any]
+    ) -> Awaitable[Any]:
+        return await work.output.send(
             self._rekey, None, _json(command), partition, None, [(COMMAND_HEADER, kind.encode())]
         )
 
@@ -462,7 +463,7 @@ class Desk:
         target_home: int = command["th"]
         after: str | None = None
         work.sends.append(
-            await self.send(target_home, "absorb", {
+            await self.send(work, target_home, "absorb", {
                 "s": seq, "to": target, "n": command["n"], "from": key,
                 "parts": {k: orjson.Fragment(states.to_json(p)) for k, p in shipment.parts.items()},
                 "ids": [_identity(i) for i in shipment.identities],
@@ -483,7 +484,7 @@ class Desk:
         else:
             after = await self._settle_rest(work, seq, key, rest)
         work.sends.append(
-            await self.send(COORDINATOR, "done", {"s": seq, "from": key, "to": after})
+            await self.send(work, COORDINATOR, "done", {"s": seq, "from": key, "to": after})
         )
 
     async def _split(
@@ -510,7 +511,7 @@ class Desk:
             assert rest is not None  # a profile of two identifiers or more
             after = await self._settle_rest(work, seq, key, rest)
         work.sends.append(
-            await self.send(COORDINATOR, "done", {"s": seq, "from": key, "to": after})
+            await self.send(work, COORDINATOR, "done", {"s": seq, "from": key, "to": after})
         )
 
     async def _settle_rest(self, work: Work, seq: int, key: str, rest: CustomerState) -> str:
@@ -535,7 +536,7 @@ class Desk:
         """Point ``identifier``'s directory entry at ``place`` (here, or by a command)."""
         if self.home_of(identifier) != work.partition and identifier.type != CUSTOMER:
             work.sends.append(
-                await self.send(self.home_of(identifier), "dirset", {
+                await self.send(work, self.home_of(identifier), "dirset", {
                     "s": place.epoch, "id": list(identifier), "k": place.key, "h": place.home,
                 })
             )  # fmt: skip
@@ -590,7 +591,7 @@ class Desk:
                 self._point(work, identifier, place, follow=True)
                 await self._dirset_send(work, identifier, place)
         work.sends.append(
-            await self.send(COORDINATOR, "done", {"s": seq, "from": key, "to": after})
+            await self.send(work, COORDINATOR, "done", {"s": seq, "from": key, "to": after})
         )
 
     def _recover(

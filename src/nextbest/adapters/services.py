@@ -67,6 +67,16 @@ def mirror_service(mirror: RedisMirror) -> type[mode.Service]:
     return MirrorService
 
 
+def closing(close: Work) -> type[mode.Service]:
+    class Closing(mode.Service):
+        """Closes something of the worker's as the app stops."""
+
+        async def on_stop(self) -> None:
+            await close()
+
+    return Closing
+
+
 def every_second(work: Work) -> mode.Service:
     class EverySecond(mode.Service):
         """Started with the app's own services, before its first table recovery."""

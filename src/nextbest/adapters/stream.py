@@ -56,8 +56,9 @@ from nextbest.adapters.identity import (
     Work,
     command_kind,
 )
+from nextbest.adapters.outputs import BatchOutput, Outputs
 from nextbest.adapters.projection import RedisMirror
-from nextbest.adapters.table import ContextTable, Record, Sender
+from nextbest.adapters.table import ContextTable, Record
 from nextbest.adapters.topics import TopicNames, partition_for
 from nextbest.core import state as states
 from nextbest.core import triggers as trigger_codec
@@ -148,6 +149,8 @@ class _Source:
 class _Read:
     """What the records of one batch turned into, before the core sees them."""
 
+    output: BatchOutput  # where the batch's records go (see adapters/outputs.py)
+    consumed: dict[str, int] = field(default_factory=dict)  # topic -> next offset
     events: list[tuple[Event, _Source]] = field(default_factory=list)
     sends: list[Awaitable[Any]] = field(default_factory=list)  # dead letters, forwards
     commands: list[tuple[Record, str]] = field(default_factory=list)  # identity protocol
@@ -163,7 +166,7 @@ class EventHandler:
         *,
         engine: Engine,
         table: ContextTable,
-        producer: Sender,
+        outputs: Outputs,
         names: TopicNames,
         index: DueIndex,
         mirror: RedisMirror,
@@ -175,7 +178,7 @@ class EventHandler:
     ) -> None:
         self._engine = engine
         self._table = table
-        self._producer = producer
+        self._outputs = outputs
         self._names = names
         self._rekey = names.rekey
         self._ticks = names.ticks
@@ -195,7 +198,7 @@ class EventHandler:
             partitions=partitions,
         )
         self._desk = Desk(
-            engine=engine, table=table, producer=producer, names=names, metrics=metrics,
+            engine=engine, table=table, names=names, metrics=metrics,
             mirror=mirror, config=config,
         )  # fmt: skip
         self._coordinator = Coordinator(self._desk, metrics)
@@ -211,11 +214,12 @@ class EventHandler:
         now = self._clock()
         applied = self._table.applied(partition)
         next_applied = dict(applied)
-        read = _Read()
+        read = _Read(self._outputs.open(partition))
         changed: dict[str, CustomerState] = {}
-        work = Work(partition, now, changed, lambda key: self._one(partition, key))
+        work = Work(partition, now, changed, lambda key: self._one(partition, key), read.output)
         for tp, records in batch:
             topic = tp.topic
+            read.consumed[topic] = records[-1].offset + 1
             start = applied.get(topic, 0)
             for record in records:
                 if record.offset < start:
@@ -272,6 +276,7 @@ class EventHandler:
             self._reschedule(partition, due, {})  # the deadlines stay pending
             for key, at in work.expiring:
                 self._index.schedule(partition, key, at)
+            await read.output.abort()
             raise
 
     async def _commands(self, work: Work, commands: list[tuple[Record, str]]) -> None:
@@ -315,19 +320,19 @@ class EventHandler:
         except Rejected as rejection:
             read.sends.append(
                 await self._dead_letter(
-                    record, headers, origin, rejection.reason, rejection.message
+                    read.output, record, headers, origin, rejection.reason, rejection.message
                 )
             )
             return
         except Exception as error:  # a bug in the parser: reported, never a stuck partition
-            read.sends.append(await self._internal(record, headers, origin, error))
+            read.sends.append(await self._internal(read.output, record, headers, origin, error))
             return
         key = event.subject.encode()  # the subject's id: where its identifier lives
         home = partition_for(key, self._partitions)
         if home != partition and record.topic != self._rekey:
             self._metrics.rekeyed.labels(origin.channel).inc()
             read.sends.append(
-                await self._producer.send(
+                await read.output.send(
                     self._rekey, key, record.value, home, record.timestamp / 1000,
                     [*headers, *origin.headers()],
                 )
@@ -374,7 +379,7 @@ class EventHandler:
             if (event.profile or event.subject) in unreadable:
                 read.sends.append(
                     await self._dead_letter(
-                        source.record, source.headers, source.origin, Reason.INTERNAL,
+                        read.output, source.record, source.headers, source.origin, Reason.INTERNAL,
                         "the customer's stored state could not be read",
                     )
                 )  # fmt: skip
@@ -436,8 +441,8 @@ class EventHandler:
             channel = source.origin.channel
             if outcome.error is not None:
                 sends.append(
-                    await self._internal(source.record, source.headers, source.origin,
-                                         outcome.error)
+                    await self._internal(read.output, source.record, source.headers,
+                                         source.origin, outcome.error)
                 )  # fmt: skip
                 continue
             if not outcome.applied:
@@ -449,14 +454,14 @@ class EventHandler:
                 if outcome.beyond:
                     metrics.late.labels(channel).inc()
             for other in outcome.also:  # deadlines before it; later events it corrected
-                await self._emit(other, _moment(other), sends)
-            await self._emit(outcome, source.record.timestamp / 1000, sends)
+                await self._emit(other, _moment(other), read)
+            await self._emit(outcome, source.record.timestamp / 1000, read)
         for outcome, since in work.outcomes:  # merges: what the combined timeline revealed
             for other in outcome.also:
-                await self._emit(other, since, sends)
-            await self._emit(outcome, since, sends)
+                await self._emit(other, since, read)
+            await self._emit(outcome, since, read)
         for outcome in expired:
-            await self._emit(outcome, _moment(outcome), sends)
+            await self._emit(outcome, _moment(outcome), read)
         documents: dict[str, bytes] = {}
         changes: dict[bytes, bytes | None] = dict(work.puts)
         for subject, state in changed.items():
@@ -468,11 +473,13 @@ class EventHandler:
         applied = self._table.applied(partition)
         unrecorded = sum(n - applied.get(topic, 0) for topic, n in next_applied.items())
         if changes or unrecorded >= UNRECORDED_MAX:
-            sends.extend(await self._table.stage(partition, changes, next_applied))
+            sends.extend(await self._table.stage(partition, changes, next_applied, read.output))
             acks = await asyncio.gather(*sends)
+            await read.output.commit(read.consumed)
             self._table.write(partition, changes, next_applied, acks[-1].offset)
         elif sends:  # ticks, repeats, dead letters, forwards: nothing to store, yet
             await asyncio.gather(*sends)
+            await read.output.commit(read.consumed)
         applied_at = time.time()
         cache, index, engine, desk = self._cache, self._index, self._engine, self._desk
         for subject in work.removed:
@@ -498,7 +505,7 @@ class EventHandler:
             index.schedule(partition, key, at)
         desk.mirror(work)
 
-    async def _emit(self, outcome: Outcome, since: float, sends: list[Awaitable[Any]]) -> None:
+    async def _emit(self, outcome: Outcome, since: float, read: _Read) -> None:
         """Count the suppressions; send the trigger, if any (its latency from ``since``)."""
         metrics = self._metrics
         for action, reason in outcome.suppressed:
@@ -507,7 +514,7 @@ class EventHandler:
         if trigger is None or outcome.snapshot is None:
             return
         document = states.encode_document(outcome.snapshot)
-        sent = await self._producer.send(
+        sent = await read.output.send(
             self._names.triggers[trigger.channel],
             trigger.subject.encode(),
             trigger_codec.encode(trigger, document, outcome.snapshot.identities),
@@ -524,10 +531,11 @@ class EventHandler:
 
         if isinstance(sent, asyncio.Future):
             sent.add_done_callback(acked)
-        sends.append(sent)
+        read.sends.append(sent)
 
     async def _dead_letter(
         self,
+        output: BatchOutput,
         record: Record,
         headers: list[tuple[str, bytes]],
         origin: Origin,
@@ -537,7 +545,7 @@ class EventHandler:
         """Send the record's original bytes to ``events.deadletter`` with the reason headers."""
         self._metrics.rejected.labels(origin.channel, reason.value).inc()
         own = {CHANNEL_HEADER, *ORIGIN_HEADERS}
-        return await self._producer.send(
+        return await output.send(
             self._names.deadletter,
             record.key,
             record.value,
@@ -554,13 +562,18 @@ class EventHandler:
         )
 
     async def _internal(
-        self, record: Record, headers: list[tuple[str, bytes]], origin: Origin, error: Exception
+        self,
+        output: BatchOutput,
+        record: Record,
+        headers: list[tuple[str, bytes]],
+        origin: Origin,
+        error: Exception,
     ) -> Awaitable[Any]:
         log_failure(
             log, error, "internal error on %s[%d]@%d", origin.topic, origin.partition, origin.offset
         )
         return await self._dead_letter(
-            record, headers, origin, Reason.INTERNAL, f"{type(error).__name__}: {error}"
+            output, record, headers, origin, Reason.INTERNAL, f"{type(error).__name__}: {error}"
         )
 
     # --- around batches ------------------------------------------------------------------

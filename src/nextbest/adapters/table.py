@@ -164,12 +164,17 @@ class ContextTable:
         return token
 
     async def stage(
-        self, partition: int, changes: Mapping[bytes, bytes | None], applied: Mapping[str, int]
+        self,
+        partition: int,
+        changes: Mapping[bytes, bytes | None],
+        applied: Mapping[str, int],
+        sender: Sender | None = None,
     ) -> list[Awaitable[Any]]:
-        """Send ``changes`` (None: a tombstone) and ``applied`` to the changelog; the
-        applied offsets go last."""
+        """Send ``changes`` (None: a tombstone) and ``applied`` to the changelog
+        (through ``sender``, the batch's output, else the producer); the applied
+        offsets go last."""
         headers = [(OWNER_HEADER, await self.claim(partition))]
-        send = self._producer.send
+        send = (sender or self._producer).send
         topic = self.changelog
         pending = [
             await send(topic, key, value, partition, None, headers)
@@ -258,6 +263,43 @@ class ContextTable:
         received[tp] = time.monotonic()
         self._maybe_end_recovery()
         return True
+
+    def restoring(self) -> list[Any]:
+        """The changelog partitions being restored (active ones in a recovery, standbys)."""
+        recovery = self._recovery()
+        active = list(recovery.active_tps) if recovery.in_recovery else []
+        return [*active, *recovery.standby_tps]
+
+    def restored_to(self, tp: Any) -> int | None:
+        """The last offset of ``tp`` restored, while short of its end; else None."""
+        offsets, highwaters = self._progress(tp)
+        seen, highwater = offsets.get(tp), highwaters.get(tp)
+        if seen is None or highwater is None or seen >= highwater:
+            return None
+        return int(seen)
+
+    def read_through(self, tp: Any, position: int) -> None:
+        """No record of ``tp`` lies below ``position`` beyond what was restored.
+
+        A changelog written in transactions (``exactly_once``) ends with a commit
+        marker, an offset without a record: faust's recovery waits for the end
+        offset minus one, which no record ever reaches.
+        """
+        offsets, highwaters = self._progress(tp)
+        seen, highwater = offsets.get(tp), highwaters.get(tp)
+        if seen is None or highwater is None or seen >= highwater or position - 1 <= seen:
+            return
+        offsets[tp] = min(position - 1, highwater)
+        self._maybe_end_recovery()
+
+    def _progress(self, tp: Any) -> tuple[Any, Any]:
+        """faust's offsets and highwaters of ``tp``'s restore (empty if not restored)."""
+        recovery = self._recovery()
+        if tp in recovery.active_tps:
+            return recovery.active_offsets, recovery.active_highwaters
+        if tp in recovery.standby_tps:
+            return recovery.standby_offsets, recovery.standby_highwaters
+        return {}, {}
 
     def _fence(self, tp: Any) -> bytes | None:
         """The token of ``tp``'s latest claim, as far as this restore has read."""

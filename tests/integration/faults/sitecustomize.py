@@ -60,3 +60,30 @@ if _die_on is not None:
         _write(self, *args, **kwargs)
 
     _table.ContextTable.write = _dying_write  # type: ignore[method-assign]
+
+_die_in_transaction = os.environ.get("NEXTBEST_FAULT_DIE_IN_TRANSACTION")
+
+if _die_in_transaction is not None:
+    # ``NEXTBEST_FAULT_DIE_IN_TRANSACTION=<n>`` (exactly_once): the process dies (as by
+    # kill -9) before committing the n-th transaction that sent triggers, every record
+    # of it acknowledged: the transaction is left open, for the next owner to abort.
+    from nextbest.adapters import outputs as _outputs
+
+    _with_triggers = [0]
+    _send = _outputs._Transaction.send
+    _commit = _outputs._Transaction.commit
+
+    async def _noting_send(self: Any, topic: str, *args: Any) -> Any:
+        if topic.startswith("triggers."):
+            self.__dict__["sent_triggers"] = True
+        return await _send(self, topic, *args)
+
+    async def _dying_commit(self: Any, consumed: Any) -> None:
+        if self.__dict__.pop("sent_triggers", False):
+            _with_triggers[0] += 1
+            if _with_triggers[0] >= int(_die_in_transaction):
+                os._exit(137)
+        await _commit(self, consumed)
+
+    _outputs._Transaction.send = _noting_send  # type: ignore[method-assign]
+    _outputs._Transaction.commit = _dying_commit  # type: ignore[method-assign]
