@@ -65,9 +65,10 @@ BLOCK_CACHE_BYTES = 32 * 1024 * 1024  # per partition; faust's default is 2 GiB
 WRITE_BUFFER_BYTES = 16 * 1024 * 1024
 MEMTABLES = 2
 TICK_INTERVAL = 0.25  # seconds between timer ticks per partition: deadlines fire within 1 s
-# A batch's records go out in one burst and the batch waits for their acks, so no
-# linger is needed to fill requests (see the README's Performance section).
-PRODUCER_LINGER = 0.005
+# A batch's records are all queued before the batch waits for their acks, so the
+# first request already carries them: a linger only delays every batch (5 ms: p50
+# 35.5 against 18.1 ms at 1,000 events/s; see the README's Performance section).
+PRODUCER_LINGER = 0.0
 log = logging.getLogger(__name__)
 
 
