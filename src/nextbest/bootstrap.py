@@ -22,6 +22,7 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from nextbest.adapters import collector
 from nextbest.adapters.access import AccessError, check_api, check_worker
 from nextbest.adapters.cache import StateCache
 from nextbest.adapters.clients import (
@@ -289,6 +290,11 @@ def build_worker(settings: Settings) -> Worker:
     add_pages(app, metrics)
     lag = lag_updater(app, metrics, owned_partitions, handler.report_pending)
     app.timer(1.0, name="nextbest.consumer_lag")(guarded("consumer lag", lag))
+
+    async def collect() -> None:
+        collector.collect_all()
+
+    app.timer(collector.FULL_EVERY, name="nextbest.collector")(guarded("collection", collect))
     # not an app.timer: faust starts those only once the first recovery is done
     app.add_dependency(every_second(guarded("recovery watch", recovery_watcher(app))))
     return Worker(app, metrics, mirror, handler)
@@ -408,5 +414,6 @@ def run_worker(settings: Settings) -> int:
     # At WARNING and above faust keeps a terminal spinner, which sets the root
     # logger to DEBUG: every debug call in faust and aiokafka then built a record.
     runner.spinner = None
+    collector.tune()  # full collections on a schedule, not once a second (adapters/collector.py)
     runner.execute_from_commandline()
     return 0
