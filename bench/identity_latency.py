@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
+from tests.integration.harness import start_at_end
 
 from nextbest.core.envelope import DEFAULT_CHANNELS
 from nextbest.simulator.journeys import Journeys
@@ -60,32 +60,6 @@ def event(type_: str, subject: str, data: dict[str, Any], kind: str | None = Non
     if kind is not None:
         document["subjecttype"] = kind
     return orjson.dumps(document)
-
-
-async def start_at_end(bootstrap: str, group: str) -> None:
-    """Commit ``group``'s offsets at the end of every events topic: the new worker skips
-    what earlier runs left there (as tests/integration/harness.py does)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        topics = [f"events.{c}" for c in DEFAULT_CHANNELS if f"events.{c}" in existing]
-        described = await admin.describe_topics(topics) if topics else []
-    finally:
-        await admin.close()
-    partitions = [
-        TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
-    ]
-    if not partitions:
-        return
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)  # fmt: skip
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.commit(await consumer.end_offsets(partitions))
-    finally:
-        await consumer.stop()
 
 
 class Worker:
