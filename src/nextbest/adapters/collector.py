@@ -21,7 +21,9 @@ a schedule:
 * the full collection that the thresholds would start is not reached in hours
   (``OLDEST`` second-generation collections), and :func:`collect_all` runs one
   every ``FULL_EVERY`` seconds instead, so garbage in cycles still goes, at a
-  known pace, with its duration logged at DEBUG.
+  known pace, with its duration logged at DEBUG. (Every 10 minutes was tried
+  first: over a 10-minute soak the workers' memory kept growing, garbage in
+  cycles waiting for it; once a minute bounds that at one pause a minute.)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 YOUNG = 700  # allocations (net) between collections of the first generation
 MIDDLE = 10  # first-generation collections between collections of the second
 OLDEST = 10_000_000  # second-generation collections before a full one: hours at any load
-FULL_EVERY = 600.0  # seconds between the scheduled full collections
+FULL_EVERY = 60.0  # seconds between the scheduled full collections
 
 
 def tune() -> None:
