@@ -22,8 +22,9 @@ a schedule:
   (``OLDEST`` second-generation collections), and :func:`collect_all` runs one
   every ``FULL_EVERY`` seconds instead, so garbage in cycles still goes, at a
   known pace, with its duration logged at DEBUG. (Every 10 minutes was tried
-  first: over a 10-minute soak the workers' memory kept growing, garbage in
-  cycles waiting for it; once a minute bounds that at one pause a minute.)
+  first; over a 10-minute soak the workers' memory kept growing, and garbage
+  in cycles waiting that long may be part of it: once a minute bounds that, at
+  one pause a minute.)
 """
 
 from __future__ import annotations
