@@ -51,6 +51,7 @@ from nextbest.core.links import (
     plan_link,
     plan_unlink,
 )
+from nextbest.failures import log_failure
 from nextbest.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class Coordinator:
             try:
                 await self._start(work, operation)
             except Exception as error:  # a bug: said once, the others go on
-                log.exception("identity operation failed (%s)", type(error).__name__)
+                log_failure(log, error, "identity operation failed")  # the traceback at DEBUG
         self._save(work, GRAPH_QUEUE, waiting or None)
         self._metrics.identity_waiting.set(len(waiting))
 
