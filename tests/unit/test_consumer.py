@@ -221,3 +221,40 @@ async def test_each_batch_comes_with_its_partitions_watermark(
     web_records = [FakeRecord("events.web", 0, 9, b"", timestamp=70_000)]
     await consumer._deliver(sink, {web: web_records}, None)
     assert sink.watermarks[-1] > 1_000_000_000  # both read to their end: now
+
+
+@pytest.mark.parametrize(
+    ("committed", "sought"),
+    [
+        (None, [(tp("events.web", 0), 5)]),  # a new group: back to the first not handed over
+        (0, [(tp("events.web", 0), 0)]),  # aiokafka seeks only above 0
+        (40, []),  # faust's seek to the committed offset did it
+    ],
+)
+async def test_records_fetched_while_paused_are_read_again_after_the_recovery(
+    consumer: BatchConsumer, sink: Sink, committed: int | None, sought: list[tuple[Any, int]]
+) -> None:
+    """A recovery pauses the stream partitions, but a fetch made before the pause
+    still brings their records: they are not handed over, and the seek that ends
+    the recovery brings the partition back to them, committed offset or not."""
+    web, chat = tp("events.web", 0), tp("events.chat", 0)
+    consumer.assignment = lambda: {web, chat}  # type: ignore[method-assign]
+    seeks: list[tuple[Any, int]] = []
+
+    async def seek(partition: Any, offset: int) -> None:
+        seeks.append((partition, offset))
+
+    async def seek_to_committed() -> dict[Any, int | None]:
+        return {web: committed, chat: 7}
+
+    consumer.seek = seek  # type: ignore[method-assign]
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    paused: set[Any] = {chat}  # web paused: not among the active partitions
+    await consumer._deliver(sink, dict([fetched("events.web", 0, 5, 6)]), paused)
+    await consumer._deliver(sink, dict([fetched("events.web", 0, 7)]), paused)
+    assert sink.handled == []
+    await consumer.perform_seek()
+    assert seeks == sought
+    seeks.clear()
+    await consumer.perform_seek()  # once: what was dropped is forgotten with the seek
+    assert seeks == []

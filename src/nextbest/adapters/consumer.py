@@ -15,6 +15,9 @@ What it keeps of faust's per-record path, batch-wise:
 * nothing is handed over while the flow is stopped (a rebalance), and a fetch
   made under an older consumer generation is dropped: the partitions are read
   again from their committed offsets after the rebalance, as faust does;
+  records of a paused partition are not handed over either, and the seek that
+  ends a recovery takes a partition that has no committed offset back to the
+  first of them (faust's seek would leave it past them);
 * records below a partition's read offset (read again after a seek) are dropped;
 * a partition's commit offset is the offset after the last record of its last
   handled batch, so gaps in offsets (compaction, transaction markers) never
@@ -105,6 +108,7 @@ class BatchConsumer(driver.Consumer):
         self._read_at: dict[TP, float] = {}  # timestamp (s) of the last record read, per tp
         self._in_flight: asyncio.Task[None] | None = None
         self._rereading: dict[TP, int] = {}  # changelogs read again from an offset, to check
+        self._dropped: dict[TP, int] = {}  # first offset fetched while paused, not handed over
         self._failures = 0
 
     # --- offsets -----------------------------------------------------------------------
@@ -122,6 +126,23 @@ class BatchConsumer(driver.Consumer):
         done: bool = await super()._commit(offsets)
         return done
 
+    async def perform_seek(self) -> None:
+        """Seek every partition to its committed offset, as faust does; a stream
+        partition with none (or 0) goes back to the first record it fetched and did
+        not hand over while it was paused (a recovery pauses them).
+
+        aiokafka seeks only to a committed offset above 0, so without this the
+        records fetched during a recovery by a new group (reading its topics from
+        the earliest) would be dropped and never read again.
+        """
+        await super().perform_seek()
+        dropped, self._dropped = self._dropped, {}
+        assigned = self.assignment()
+        for tp, offset in dropped.items():
+            committed = self._read_offset.get(tp)
+            if tp in assigned and not committed:
+                await self.seek(tp, 0 if committed == 0 else offset)
+
     def committed(self, tp: TP) -> int:
         """The group's committed offset of ``tp``: as read at assignment, or as we committed."""
         return self._committed_offset.get(tp) or 0
@@ -136,6 +157,7 @@ class BatchConsumer(driver.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         await super().on_partitions_revoked(revoked)
         for tp in revoked:
+            self._dropped.pop(tp, None)
             self._handled_up_to.pop(tp, None)
             self._read_at.pop(tp, None)
 
@@ -227,6 +249,8 @@ class BatchConsumer(driver.Consumer):
         by_partition: dict[int, list[tuple[TP, Sequence[Any]]]] = {}
         for tp, fetched in records.items():
             if active is not None and tp not in active and tp not in self._buffered_partitions:
+                if fetched and tp.topic in sink.topics:  # a paused stream partition
+                    self._dropped[tp] = min(fetched[0].offset, self._dropped.get(tp, 1 << 62))
                 continue
             monitor.track_tp_end_offset(tp, self.highwater(tp))
             unread = self._unread(tp, fetched)
