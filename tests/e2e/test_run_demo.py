@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nextbest.devstack.processes import port_answers
+from nextbest.devstack.processes import port_answers, tail
 from tests.integration.harness import free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -79,7 +79,9 @@ def test_ctrl_c_with_the_pipe_reader_gone_still_stops_kafka_and_redis(tmp_path: 
         status = script.wait(timeout=90)
         assert status == 130
         assert not port_answers(ports["kafka"]), "Kafka still runs after Ctrl-C"
-        assert not port_answers(ports["redis"]), "Redis still runs after Ctrl-C"
+        assert not port_answers(ports["redis"]), "Redis still runs after Ctrl-C:\n" + tail(
+            dev / "redis" / "redis.log"
+        )
         assert sorted(p.name for p in dev.rglob("*.pid")) == []
     finally:
         if reader >= 0:

@@ -16,6 +16,7 @@ from nextbest.devstack.__main__ import main as devstack_main
 from nextbest.devstack.kafka import Kafka, server_properties
 from nextbest.devstack.processes import DevStackError, Service, owns, port_answers
 from nextbest.devstack.redis import Redis
+from tests.integration.harness import free_port
 
 
 def test_server_properties_are_a_single_kraft_node(tmp_path: Path) -> None:
@@ -114,3 +115,29 @@ def test_a_record_of_nothing_started_stops_nothing(
     record.write_text("\n")
     assert devstack_main(["down", "--recorded", str(record)]) == 0
     assert "nothing to stop" in capsys.readouterr().out
+
+
+def test_a_ctrl_c_between_a_start_and_its_return_leaves_nothing_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run` with Ctrl-C right after "Redis ready": the up() that was cut stops
+    the server it had started, though it never returned to say so."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def cut_up(self: Redis) -> bool:
+        # a stand-in for redis-server (its marker in the command line), then Ctrl-C
+        command = [sys.executable, "-c", "import time; time.sleep(60)", "redis-server"]
+        started.append(self.service.start(command))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Kafka, "up", lambda self: False)  # (already running: not ours)
+    monkeypatch.setattr(Redis, "up", cut_up)
+    ports = [free_port() for _ in range(3)]
+    stack = devstack.DevStack(
+        tmp_path, Kafka(tmp_path, ports[0], ports[1]), Redis(tmp_path, ports[2])
+    )
+    with pytest.raises(KeyboardInterrupt):
+        stack.up()
+    assert len(started) == 1
+    assert started[0].poll() is not None  # stopped
+    assert stack.redis.service.pid() is None

@@ -65,15 +65,22 @@ class DevStack:
             self.kafka.check_ports()
             self.redis.check_ports()
             started: list[str] = []
+            ran = self._running()
             try:
                 if self.kafka.up():
                     started.append("kafka")
                 if self.redis.up():
                     started.append("redis")
             except BaseException:
-                self._down(started)
+                # also a service a Ctrl-C caught between its start and up()'s return
+                self._down([name for name in self._running() if name not in ran])
                 raise
             return Endpoints(self.kafka.bootstrap, self.redis.url, tuple(started))
+
+    def _running(self) -> list[str]:
+        """The services of ours that run now."""
+        services = {"kafka": self.kafka.service, "redis": self.redis.service}
+        return [name for name in SERVICES if services[name].pid() is not None]
 
     def down(self, only: Collection[str] = SERVICES) -> None:
         with exclusive(self.root / "lock"):

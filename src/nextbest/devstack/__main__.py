@@ -24,12 +24,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--secure", action="store_true", help="the secured stack (TLS, SASL, ACLs)")
     args = parser.parse_args(argv)
     if args.action == "up" and args.record:
+        started: tuple[str, ...] = ()
         try:
             started = up(secure=args.secure).started
+            args.record.write_text(" ".join(started) + "\n")
         except DevStackError as error:
             say(f"error: {error}")
             return 1
-        args.record.write_text(" ".join(started) + "\n")
+        except BaseException:  # Ctrl-C once they run, before the record says so
+            if started:
+                down(started, secure=args.secure)
+            raise
         return 0
     if args.action == "down" and args.recorded:
         try:
