@@ -171,3 +171,27 @@ async def test_a_changelog_ending_in_a_transaction_marker_ends_its_recovery(
     assert table.data.persisted_offset(active) == 1  # a restart reads the marker again
     contexts.read_through(tp(CHANGELOG, 4), 10)  # not being restored: nothing happens
     assert tp(CHANGELOG, 4) not in recovery.active_offsets
+
+
+async def test_the_last_two_batches_written_are_mirrored_again_when_owned_anew(
+    tmp_path: Path,
+) -> None:
+    """A worker may die after a batch's RocksDB write and before the mirror's flush:
+    nothing is then left to restore, so the next owner hands the documents of the
+    last batches written to the mirror again (Redis keeps the newer of two)."""
+    from nextbest.core.state import CustomerState, encode
+
+    _, table = faust_table(tmp_path)
+    handed: list[tuple[str, int, bytes]] = []
+    contexts = ContextTable(
+        table, CHANGELOG, FakeProducer(), on_restored=lambda *found: handed.append(found)
+    )
+    states = {c: CustomerState.new(c) for c in ("c-1", "c-2", "c-3", "c-4")}
+    values = {c.encode(): encode(s) for c, s in states.items()}
+    contexts.write(0, {b"c-1": values[b"c-1"], APPLIED_KEY: b"{}"}, {}, 10)
+    contexts.write(0, {b"c-2": values[b"c-2"], b"c-3": values[b"c-3"]}, {}, 12)
+    contexts.write(0, {b"c-4": values[b"c-4"], b"c-3": None}, {}, 14)  # c-3 deleted
+    assert contexts.remirror(0) == 2
+    assert sorted(customer for customer, _, _ in handed) == ["c-2", "c-4"]  # not c-1, c-3
+    assert contexts.remirror(1) == 0  # a partition never written
+    assert ContextTable(table, CHANGELOG, FakeProducer()).remirror(0) == 0  # no mirror

@@ -19,7 +19,11 @@ at a time:
   documents an active partition restores are handed to ``on_restored`` (the
   Redis mirror): a worker that died after writing a state and before mirroring
   it leaves Redis behind, and nothing else would bring it up to date before the
-  customer's next event.
+  customer's next event. A worker can also die after a batch's RocksDB write and
+  before the mirror's flush, with nothing left to restore: each write also
+  records (``MIRROR_KEY``, in RocksDB only) the keys of that batch and the one
+  before, and :meth:`ContextTable.remirror` hands their documents to the mirror
+  again once the partition is owned anew.
 
 The applied source offsets (``APPLIED_KEY``: topic -> next offset to apply, for
 the partition's events topics, rekey and ticks) travel with the states, in the
@@ -55,6 +59,7 @@ APPLIED_KEY = b"\x00nextbest:applied"  # customer ids never hold control charact
 OWNER_KEY = b"\x00nextbest:owner"  # the token of the partition's latest claim
 OWNER_HEADER = "nextbest.owner"
 INTERNAL_PREFIX = b"\x00"
+MIRROR_KEY = b"\x00nextbest:mirror"  # keys of the last two batches written, "\n" apart
 FAUST_OFFSET_KEY = b"__faust\x00offset__"  # faust's persisted changelog offset
 
 
@@ -109,6 +114,7 @@ class ContextTable:
         self._applied: dict[int, dict[str, int]] = {}
         self._claims: dict[int, bytes] = {}  # this worker's token, per partition it wrote
         self._fences: dict[Any, bytes | None] = {}  # the latest claim seen, per restored tp
+        self._written: dict[int, list[bytes]] = {}  # keys of the last batch written
 
     def _db(self, partition: int) -> Any:
         return self._table.data._db_for_partition(partition)
@@ -145,6 +151,7 @@ class ContextTable:
         self._applied.clear()
         self._claims.clear()
         self._fences.clear()
+        self._written.clear()
 
     # --- writing a batch -------------------------------------------------------------
 
@@ -201,8 +208,30 @@ class ContextTable:
                 batch.put(key, value)
         batch.put(APPLIED_KEY, orjson.dumps(applied))
         batch.put(FAUST_OFFSET_KEY, str(changelog_offset).encode())
+        written = [k for k, v in changes.items() if v is not None and k[:1] != INTERNAL_PREFIX]
+        recent = dict.fromkeys([*self._written.get(partition, ()), *written])
+        batch.put(MIRROR_KEY, b"\n".join(recent))  # ids hold no control characters
         self._db(partition).write(batch)
         self._applied[partition] = dict(applied)
+        self._written[partition] = written
+
+    def remirror(self, partition: int) -> int:
+        """Hand the stored documents of the last two batches written to ``on_restored``
+        again (the mirror may not have had them in Redis when the last owner died;
+        it never writes an older version over a newer); how many were handed."""
+        restored = self._on_restored
+        db = self._db(partition)
+        raw: bytes | None = db.get(MIRROR_KEY)
+        if restored is None or not raw:
+            return 0
+        handed = 0
+        for key in raw.split(b"\n"):
+            value = db.get(key)
+            found = None if value is None else stored_document(value)
+            if found is not None:
+                restored(key.decode(), *found)
+                handed += 1
+        return handed
 
     # --- restoring ---------------------------------------------------------------------
 
