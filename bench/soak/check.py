@@ -23,6 +23,7 @@ from nextbest.adapters.table import (
     APPLIED_KEY,
     FAUST_OFFSET_KEY,
     INTERNAL_PREFIX,
+    MIRROR_KEY,
     OWNER_HEADER,
     OWNER_KEY,
 )
@@ -119,7 +120,9 @@ def dead_lettered(records: list[ConsumerRecord[bytes, bytes]]) -> set[tuple[str,
 
 
 def restored_table(data_dir: Path) -> dict[int, dict[bytes, bytes]]:
-    """Every partition's RocksDB as a stopped worker left it: key -> value (raw)."""
+    """Every partition's RocksDB as a stopped worker left it: key -> value (raw),
+    without the mirror's local note of the last batches written (``MIRROR_KEY``:
+    never in the changelog, so never restored)."""
     from rocksdict import AccessType, Options, Rdict
 
     tables: dict[int, dict[bytes, bytes]] = {}
@@ -127,7 +130,7 @@ def restored_table(data_dir: Path) -> dict[int, dict[bytes, bytes]]:
         partition = int(path.name.removeprefix("contexts-").removesuffix(".db"))
         db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
         try:
-            tables[partition] = {bytes(k): bytes(v) for k, v in db.items()}
+            tables[partition] = {bytes(k): bytes(v) for k, v in db.items() if k != MIRROR_KEY}
         finally:
             db.close()
     return tables
