@@ -8,9 +8,7 @@ control, offset commits, recovery) and replaces only the delivery: the
 records of one fetch are grouped by partition number and handed to a
 :class:`Sink` in one call per partition — the events topics, rekey and ticks
 share a partition's customers — and the changelog records of the table being
-restored go straight to its restorer. The partitions' batches of one fetch run
-side by side (each waits for its own acknowledgements); the next fetch is
-handed over when all of them are done.
+restored go straight to its restorer.
 
 What it keeps of faust's per-record path, batch-wise:
 
@@ -27,9 +25,9 @@ What it keeps of faust's per-record path, batch-wise:
 * ``broker_commit_every`` records trigger a commit, as in faust;
 * the monitor's inbound time and counters are updated per batch, so faust's
   livelock detector sees the partitions make progress;
-* on revoke and on stop (``stream_wait_empty``), the batches in flight are
-  waited for and committed before the partitions go. They run shielded from the
-  fetcher's cancellation, so none is cut in the middle.
+* on revoke and on stop (``stream_wait_empty``), the batch in flight is waited
+  for and committed before the partitions go. A batch runs shielded from the
+  fetcher's cancellation, so it is never cut in the middle.
 
 A :class:`Sink` that raises leaves its batch unacknowledged: its partitions
 are read again from the batch's first offsets after a back-off.
@@ -108,7 +106,7 @@ class BatchConsumer(driver.Consumer):
         super().__init__(*args, **kwargs)
         self._handled_up_to: dict[TP, int] = {}  # next offset to commit, per handled tp
         self._read_at: dict[TP, float] = {}  # timestamp (s) of the last record read, per tp
-        self._in_flight: asyncio.Future[list[bool]] | None = None
+        self._in_flight: asyncio.Task[None] | None = None
         self._rereading: dict[TP, int] = {}  # changelogs read again from an offset, to check
         self._dropped: dict[TP, int] = {}  # first offset fetched while paused, not handed over
         self._failures = 0
@@ -265,19 +263,13 @@ class BatchConsumer(driver.Consumer):
                 by_partition.setdefault(tp.partition, []).append((tp, unread))
             else:
                 await self._deliver_each(tp, unread)
-        if not by_partition or app.consumer_generation_id != generation or not self.flow_active:
-            return  # nothing to hand over, or a rebalance began: read again after it
-        # The partitions' batches run side by side: each waits for its own acks, and
-        # in turn they would add those round trips up (a fetch of 12 partitions: 12).
-        runs = [
-            self._run(sink, partition, batch, self._watermark(sink, partition, batch))
-            for partition, batch in by_partition.items()
-        ]
-        task: asyncio.Future[list[bool]] = asyncio.gather(*runs)
-        self._in_flight = task
-        if any(await asyncio.shield(task)):
-            self._n_acked = 0
-            await self.commit()
+        for partition, batch in by_partition.items():
+            if app.consumer_generation_id != generation or not self.flow_active:
+                return  # a rebalance began: the rest is read again after it
+            watermark = self._watermark(sink, partition, batch)
+            task = asyncio.ensure_future(self._run(sink, partition, batch, watermark))
+            self._in_flight = task
+            await asyncio.shield(task)
 
     def _unread(self, tp: TP, fetched: Sequence[Any]) -> Sequence[Any]:
         """``fetched`` without what was read before (``_read_offset``: the next offset
@@ -304,15 +296,16 @@ class BatchConsumer(driver.Consumer):
             watermark = min(watermark, read_at)
         return watermark
 
-    async def _run(self, sink: Sink, partition: int, batch: Batch, watermark: float) -> bool:
-        """Handle one partition's batch; True when a commit is due."""
+    async def _run(self, sink: Sink, partition: int, batch: Batch, watermark: float) -> None:
         try:
             await sink.handle(partition, batch, watermark)
         except Exception as error:
             await self._retry_later(batch, error)
-            return False
+            return
         self._failures = 0
-        return self._acknowledge(batch)
+        if self._acknowledge(batch):
+            self._n_acked = 0
+            await self.commit()
 
     def _acknowledge(self, batch: Batch) -> bool:
         """Mark ``batch`` handled; True when ``broker_commit_every`` records call for a commit."""
