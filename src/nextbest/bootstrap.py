@@ -282,6 +282,12 @@ def build_worker(settings: Settings) -> Worker:
             handler.rebuild_index(owned_partitions())
         except Exception as error:  # deadlines then fire once events touch them again
             log_failure(log, error, "could not rebuild the deadline index")
+        for partition in owned_partitions():  # what their last owner may not have mirrored
+            try:
+                contexts.remirror(partition)
+            except Exception as error:  # those documents then wait for their next change
+                log_failure(log, error, "could not mirror partition %d's last batches again",
+                            partition)  # fmt: skip
 
     table.on_recover(rebuild_index)
     ticks = tick_sender(app.producer, names.ticks, owned_partitions)

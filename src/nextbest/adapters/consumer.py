@@ -250,7 +250,8 @@ class BatchConsumer(driver.Consumer):
         for tp, fetched in records.items():
             if active is not None and tp not in active and tp not in self._buffered_partitions:
                 if fetched and tp.topic in sink.topics:  # a paused stream partition
-                    self._dropped[tp] = min(fetched[0].offset, self._dropped.get(tp, 1 << 62))
+                    first = fetched[0].offset
+                    self._dropped[tp] = min(first, self._dropped.get(tp, first))
                 continue
             monitor.track_tp_end_offset(tp, self.highwater(tp))
             unread = self._unread(tp, fetched)

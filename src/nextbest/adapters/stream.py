@@ -592,7 +592,6 @@ class EventHandler:
         owned = set(partitions)
         entries: list[tuple[int, bytes, datetime]] = []
         for partition in owned:
-            self._table.remirror(partition)  # what its last owner may not have mirrored
             expiring, pending = self._desk.entries(partition)
             entries.extend((partition, key, due) for key, due in expiring)
             self._desk.resubmit(partition, pending)

@@ -201,14 +201,16 @@ class ContextTable:
         """Put ``changes`` (None: delete) and ``applied`` into RocksDB, with the changelog
         offset they reach."""
         batch = rocksdict.WriteBatch(raw_mode=True)
+        written: list[bytes] = []  # the states (not internal entries) this batch writes
         for key, value in changes.items():
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
+                if not key.startswith(INTERNAL_PREFIX):
+                    written.append(key)
         batch.put(APPLIED_KEY, orjson.dumps(applied))
         batch.put(FAUST_OFFSET_KEY, str(changelog_offset).encode())
-        written = [k for k, v in changes.items() if v is not None and k[:1] != INTERNAL_PREFIX]
         recent = dict.fromkeys([*self._written.get(partition, ()), *written])
         batch.put(MIRROR_KEY, b"\n".join(recent))  # ids hold no control characters
         self._db(partition).write(batch)
